@@ -1,0 +1,236 @@
+"""The ``idu`` command line (contract: DESIGN.md, "Command line contract").
+
+Commands that take ``--json`` print one JSON document on stdout; human output and logs go to stderr.
+Failures exit non-zero with one line ``error: <reason>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="IDU: keep 3D Gaussian Splatting scenes up to date from new photos.")
+scene_app = typer.Typer(no_args_is_help=True, help="Import, inspect, render, export and roll back scenes.")
+app.add_typer(scene_app, name="scene")
+
+log = logging.getLogger("idu")
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("IDU_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def command(fn):
+    """Run a command with IDU's error contract: one line on stderr, exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from reconstruction.errors import IDUError
+
+        _setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except IDUError as e:
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as e:  # an unexpected failure still gets one line
+            if os.environ.get("IDU_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())
+            typer.echo(f"error: internal {type(e).__name__}: {msg} (set IDU_DEBUG=1 for a traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+SceneRef = Annotated[str, typer.Argument(metavar="STORE/NAME", help="The scene: its store folder and name.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+VersionOpt = Annotated[int | None, typer.Option("--version", "-v", help="Scene version (default: current).")]
+
+
+def _scene(ref: str):
+    from reconstruction.store import SceneStore
+
+    return SceneStore.from_ref(ref)
+
+
+@scene_app.command("import")
+@command
+def scene_import(
+    src: Annotated[Path, typer.Argument(help="Dataset or training output folder.")],
+    store: Annotated[Path, typer.Option(help="Store folder (created if missing).")],
+    name: Annotated[str, typer.Option(help="Scene name; an existing name gets a new version.")],
+    format: Annotated[str, typer.Option("--format", help="auto|inria|nerfstudio|colmap")] = "auto",
+    ply: Annotated[Path | None, typer.Option(help="Splats for --format colmap (INRIA PLY).")] = None,
+    source: Annotated[Path | None, typer.Option(help="COLMAP dataset of an inria/nerfstudio output.")] = None,
+    json_out: JsonFlag = False,
+):
+    """Import a 3DGS scene (COLMAP dataset + PLY, INRIA output, nerfstudio splatfacto output)."""
+    from reconstruction.importers import import_scene
+    from reconstruction.store import SceneStore
+
+    scene = SceneStore(store).scene(name)
+    v = import_scene(scene, src, format, ply, source)
+    info = scene.version(v).info()
+    typer.echo(f"imported {src} as {scene.ref} version {v} ({info['num_gaussians']} Gaussians, "
+               f"{len(info['images'])} images)", err=True)
+    if json_out:
+        _emit({k: info[k] for k in ("scene", "version", "num_gaussians", "sh_degree", "lineage")}
+              | {"num_images": len(info["images"])})
+
+
+@scene_app.command("info")
+@command
+def scene_info(ref: SceneRef, version: VersionOpt = None, json_out: JsonFlag = False):
+    """Describe a scene version, including its images and their poses."""
+    info = _scene(ref).version(version).info()
+    if json_out:
+        _emit(info)
+        return
+    typer.echo(f"{info['scene']} version {info['version']}{' (current)' if info['current'] else ''}")
+    for k in ("parent", "created_at", "reason", "num_gaussians", "sh_degree", "num_points3D"):
+        typer.echo(f"  {k}: {info[k]}")
+    typer.echo(f"  images: {len(info['images'])}")
+
+
+@scene_app.command("versions")
+@command
+def scene_versions(ref: SceneRef, json_out: JsonFlag = False):
+    """List the versions of a scene."""
+    scene = _scene(ref)
+    versions = scene.versions()
+    current = scene.current_version()
+    if json_out:
+        _emit({"current": current, "versions": versions})
+        return
+    for v in versions:
+        mark = "*" if v["version"] == current else " "
+        typer.echo(f"{mark} v{v['version']:<4} parent={v['parent']!s:<5} {v['created_at']}  {v['reason']}")
+
+
+@scene_app.command("rollback")
+@command
+def scene_rollback(ref: SceneRef, to: Annotated[int, typer.Option(help="Version to make current.")],
+                   json_out: JsonFlag = False):
+    """Make an older version current again (nothing is deleted)."""
+    scene = _scene(ref)
+    prev = scene.current_version()
+    scene.rollback(to)
+    typer.echo(f"{scene.ref}: current moved from version {prev} to {to}", err=True)
+    if json_out:
+        _emit({"scene": scene.ref, "previous": prev, "current": to})
+
+
+@scene_app.command("render")
+@command
+def scene_render(
+    ref: SceneRef,
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    image: Annotated[str | None, typer.Option(help="Render at the pose of this registered image.")] = None,
+    pose_json: Annotated[Path | None, typer.Option(help="JSON with cam_from_world and camera.")] = None,
+    version: VersionOpt = None,
+    backend: Annotated[str, typer.Option(help="auto|torch|gsplat")] = "auto",
+    background: Annotated[str, typer.Option(help="Background colour r,g,b in 0..1.")] = "0,0,0",
+    json_out: JsonFlag = False,
+):
+    """Render a scene version at a registered image's pose or a given pose (undistorted pinhole)."""
+    import time
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from reconstruction.cameras import ImageEntry
+    from reconstruction.errors import IDUError
+    from reconstruction.render import render
+
+    if (image is None) == (pose_json is None):
+        raise IDUError("give exactly one of --image NAME or --pose-json FILE")
+    v = _scene(ref).version(version)
+    if image is not None:
+        entry = v.image(image).entry
+    else:
+        try:
+            d = json.loads(Path(pose_json).read_text())
+        except json.JSONDecodeError as e:
+            raise IDUError(f"{pose_json}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        entry = ImageEntry.from_json(d, str(pose_json))
+    try:
+        bg = [float(x) for x in background.split(",")]
+        assert len(bg) == 3
+    except (ValueError, AssertionError):
+        raise IDUError(f"--background {background!r}: expected three numbers r,g,b") from None
+    device = "cuda" if backend != "torch" and torch.cuda.is_available() else "cpu"
+    splats = v.load_splats().to_torch(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        res = render(splats, entry.camera, entry.cam_from_world, background=bg, backend=backend)
+    seconds = time.perf_counter() - t0
+    rgb = (res.rgb.clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(out)
+    cov = float((res.alpha > 0.5).float().mean())
+    typer.echo(f"rendered {v.scene.ref} v{v.number} at {entry.camera.width}x{entry.camera.height} "
+               f"in {seconds:.2f} s -> {out}", err=True)
+    if json_out:
+        _emit({"scene": v.scene.ref, "version": v.number, "out": str(out), "width": entry.camera.width,
+               "height": entry.camera.height, "seconds": seconds, "coverage": cov,
+               "mean_rgb": [float(x) for x in np.asarray(rgb, float).reshape(-1, 3).mean(0) / 255]})
+
+
+@scene_app.command("export")
+@command
+def scene_export(
+    ref: SceneRef,
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    format: Annotated[str, typer.Option("--format", help="ply|splat|spz")] = "ply",
+    version: VersionOpt = None,
+    crop_box: Annotated[str | None, typer.Option(
+        help='JSON oriented box {"center":[..],"size":[..],"rotation_wxyz":[..]}; keep splats inside.')] = None,
+    json_out: JsonFlag = False,
+):
+    """Export a scene version's splats (INRIA PLY, .splat, .spz), optionally cropped to a box."""
+    from reconstruction.errors import IDUError
+    from reconstruction.formats import crop, export
+
+    box = None
+    if crop_box is not None:
+        try:
+            b = json.loads(crop_box)
+            box = (b["center"], b["size"], b.get("rotation_wxyz", [1, 0, 0, 0]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise IDUError(f"--crop-box: expected JSON with center, size[, rotation_wxyz] ({e})") from None
+    v = _scene(ref).version(version)
+    splats = v.load_splats()
+    if box is not None:
+        splats = crop(splats, box)
+    export(splats, out, format)
+    n = len(splats)
+    typer.echo(f"exported {v.scene.ref} v{v.number} as {format} -> {out}", err=True)
+    if json_out:
+        _emit({"scene": v.scene.ref, "version": v.number, "format": format, "out": str(out),
+               "num_gaussians": n, "bytes": out.stat().st_size})
+
+
+if __name__ == "__main__":
+    app()
