@@ -16,8 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="IDU: keep 3D Gaussian Splatting scenes up to date from new photos.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="IDU: keep 3D Gaussian Splatting scenes up to date from new photos.",
+)
 scene_app = typer.Typer(no_args_is_help=True, help="Import, inspect, render, export and roll back scenes.")
 app.add_typer(scene_app, name="scene")
 
@@ -57,7 +61,9 @@ def command(fn):
             if os.environ.get("IDU_DEBUG"):
                 raise
             msg = " ".join(str(e).split())
-            typer.echo(f"error: internal {type(e).__name__}: {msg} (set IDU_DEBUG=1 for a traceback)", err=True)
+            typer.echo(
+                f"error: internal {type(e).__name__}: {msg} (set IDU_DEBUG=1 for a traceback)", err=True
+            )
             raise typer.Exit(1) from None
 
     return wrapper
@@ -92,11 +98,16 @@ def scene_import(
     scene = SceneStore(store).scene(name)
     v = import_scene(scene, src, format, ply, source)
     info = scene.version(v).info()
-    typer.echo(f"imported {src} as {scene.ref} version {v} ({info['num_gaussians']} Gaussians, "
-               f"{len(info['images'])} images)", err=True)
+    typer.echo(
+        f"imported {src} as {scene.ref} version {v} ({info['num_gaussians']} Gaussians, "
+        f"{len(info['images'])} images)",
+        err=True,
+    )
     if json_out:
-        _emit({k: info[k] for k in ("scene", "version", "num_gaussians", "sh_degree", "lineage")}
-              | {"num_images": len(info["images"])})
+        _emit(
+            {k: info[k] for k in ("scene", "version", "num_gaussians", "sh_degree", "lineage")}
+            | {"num_images": len(info["images"])}
+        )
 
 
 @scene_app.command("info")
@@ -130,8 +141,11 @@ def scene_versions(ref: SceneRef, json_out: JsonFlag = False):
 
 @scene_app.command("rollback")
 @command
-def scene_rollback(ref: SceneRef, to: Annotated[int, typer.Option(help="Version to make current.")],
-                   json_out: JsonFlag = False):
+def scene_rollback(
+    ref: SceneRef,
+    to: Annotated[int, typer.Option(help="Version to make current.")],
+    json_out: JsonFlag = False,
+):
     """Make an older version current again (nothing is deleted)."""
     scene = _scene(ref)
     prev = scene.current_version()
@@ -190,12 +204,24 @@ def scene_render(
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(out)
     cov = float((res.alpha > 0.5).float().mean())
-    typer.echo(f"rendered {v.scene.ref} v{v.number} at {entry.camera.width}x{entry.camera.height} "
-               f"in {seconds:.2f} s -> {out}", err=True)
+    typer.echo(
+        f"rendered {v.scene.ref} v{v.number} at {entry.camera.width}x{entry.camera.height} "
+        f"in {seconds:.2f} s -> {out}",
+        err=True,
+    )
     if json_out:
-        _emit({"scene": v.scene.ref, "version": v.number, "out": str(out), "width": entry.camera.width,
-               "height": entry.camera.height, "seconds": seconds, "coverage": cov,
-               "mean_rgb": [float(x) for x in np.asarray(rgb, float).reshape(-1, 3).mean(0) / 255]})
+        _emit(
+            {
+                "scene": v.scene.ref,
+                "version": v.number,
+                "out": str(out),
+                "width": entry.camera.width,
+                "height": entry.camera.height,
+                "seconds": seconds,
+                "coverage": cov,
+                "mean_rgb": [float(x) for x in np.asarray(rgb, float).reshape(-1, 3).mean(0) / 255],
+            }
+        )
 
 
 @scene_app.command("export")
@@ -205,8 +231,12 @@ def scene_export(
     out: Annotated[Path, typer.Option(help="File to write.")],
     format: Annotated[str, typer.Option("--format", help="ply|splat|spz")] = "ply",
     version: VersionOpt = None,
-    crop_box: Annotated[str | None, typer.Option(
-        help='JSON oriented box {"center":[..],"size":[..],"rotation_wxyz":[..]}; keep splats inside.')] = None,
+    crop_box: Annotated[
+        str | None,
+        typer.Option(
+            help='JSON oriented box {"center":[..],"size":[..],"rotation_wxyz":[..]}; keep splats inside.'
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ):
     """Export a scene version's splats (INRIA PLY, .splat, .spz), optionally cropped to a box."""
@@ -228,8 +258,16 @@ def scene_export(
     n = len(splats)
     typer.echo(f"exported {v.scene.ref} v{v.number} as {format} -> {out}", err=True)
     if json_out:
-        _emit({"scene": v.scene.ref, "version": v.number, "format": format, "out": str(out),
-               "num_gaussians": n, "bytes": out.stat().st_size})
+        _emit(
+            {
+                "scene": v.scene.ref,
+                "version": v.number,
+                "format": format,
+                "out": str(out),
+                "num_gaussians": n,
+                "bytes": out.stat().st_size,
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -107,7 +107,9 @@ class Pose:
         self.translation = np.asarray(self.translation, dtype=np.float64).reshape(3)
         n = np.linalg.norm(self.rotation_wxyz)
         if not np.isfinite(n) or n < 1e-12 or not np.isfinite(self.translation).all():
-            raise SceneFormatError(f"pose: invalid rotation {self.rotation_wxyz} / translation {self.translation}")
+            raise SceneFormatError(
+                f"pose: invalid rotation {self.rotation_wxyz} / translation {self.translation}"
+            )
         self.rotation_wxyz = self.rotation_wxyz / n
 
     @property
@@ -148,8 +150,10 @@ class Pose:
         return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w])), self.translation.copy())
 
     def to_json(self) -> dict[str, list[float]]:
-        return {"rotation_wxyz": [float(v) for v in self.rotation_wxyz],
-                "translation": [float(v) for v in self.translation]}
+        return {
+            "rotation_wxyz": [float(v) for v in self.rotation_wxyz],
+            "translation": [float(v) for v in self.translation],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "pose") -> Pose:
@@ -180,7 +184,8 @@ class Camera:
             raise SceneFormatError(f"camera: unknown model {self.model!r} ({e})") from None
         if len(self.params) != len(pc.params) or not pc.verify_params():
             raise SceneFormatError(
-                f"camera: model {self.model} needs {pc.params_info} ({len(pc.params)} values), got {self.params}"
+                f"camera: model {self.model} needs {pc.params_info} ({len(pc.params)} values), "
+                f"got {self.params}"
             )
         if self.width <= 0 or self.height <= 0:
             raise SceneFormatError(f"camera: bad size {self.width}x{self.height}")
@@ -191,7 +196,11 @@ class Camera:
 
     def to_pycolmap(self, camera_id: int = 1) -> pycolmap.Camera:
         return pycolmap.Camera(
-            model=self.model, width=self.width, height=self.height, params=list(self.params), camera_id=camera_id
+            model=self.model,
+            width=self.width,
+            height=self.height,
+            params=list(self.params),
+            camera_id=camera_id,
         )
 
     @classmethod
@@ -251,9 +260,13 @@ def undistort_image(image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Came
     grid = torch.from_numpy(np.stack([2 * src[..., 0] / w - 1, 2 * src[..., 1] / h - 1], -1)).float()[None]
     img = torch.from_numpy(np.asarray(image, dtype=np.float32))
     img = img[..., None] if img.ndim == 2 else img
-    out = torch.nn.functional.grid_sample(
-        img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
-    )[0].permute(1, 2, 0).numpy()
+    out = (
+        torch.nn.functional.grid_sample(
+            img.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     out = out.reshape(image.shape)
     if np.issubdtype(image.dtype, np.integer):
         out = np.clip(np.rint(out), np.iinfo(image.dtype).min, np.iinfo(image.dtype).max)
@@ -310,14 +323,21 @@ class ImageEntry:
     cam_from_world: Pose
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "cam_from_world": self.cam_from_world.to_json(), "camera": self.camera.to_json()}
+        return {
+            "name": self.name,
+            "cam_from_world": self.cam_from_world.to_json(),
+            "camera": self.camera.to_json(),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "image") -> ImageEntry:
         if "cam_from_world" not in d or "camera" not in d:
             raise SceneFormatError(f"{source}: an image entry needs 'cam_from_world' and 'camera'")
-        return cls(str(d.get("name", "")), Camera.from_json(d["camera"], source),
-                   Pose.from_json(d["cam_from_world"], source))
+        return cls(
+            str(d.get("name", "")),
+            Camera.from_json(d["camera"], source),
+            Pose.from_json(d["cam_from_world"], source),
+        )
 
 
 def model_images(rec: pycolmap.Reconstruction) -> list[ImageEntry]:
@@ -325,8 +345,13 @@ def model_images(rec: pycolmap.Reconstruction) -> list[ImageEntry]:
     out = []
     for image_id in rec.reg_image_ids():
         im = rec.image(image_id)
-        out.append(ImageEntry(im.name, Camera.from_pycolmap(rec.camera(im.camera_id)),
-                              Pose.from_pycolmap(im.cam_from_world())))
+        out.append(
+            ImageEntry(
+                im.name,
+                Camera.from_pycolmap(rec.camera(im.camera_id)),
+                Pose.from_pycolmap(im.cam_from_world()),
+            )
+        )
     return sorted(out, key=lambda e: e.name)
 
 
@@ -340,8 +365,9 @@ def model_points(rec: pycolmap.Reconstruction) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
-def build_model(images: list[ImageEntry], points: np.ndarray | None = None,
-                colors: np.ndarray | None = None) -> pycolmap.Reconstruction:
+def build_model(
+    images: list[ImageEntry], points: np.ndarray | None = None, colors: np.ndarray | None = None
+) -> pycolmap.Reconstruction:
     """A COLMAP model from posed images (one camera per distinct intrinsics) and optional points."""
     rec = pycolmap.Reconstruction()
     cam_ids: dict[tuple, int] = {}

@@ -66,7 +66,9 @@ def _image_files(images: list[ImageEntry], folder: Path | None) -> dict[str, Pat
         p = folder / e.name
         (files.__setitem__(e.name, p) if p.is_file() else missing.append(e.name))
     if missing:
-        log.warning("%d of %d photos missing under %s (e.g. %s)", len(missing), len(images), folder, missing[0])
+        log.warning(
+            "%d of %d photos missing under %s (e.g. %s)", len(missing), len(images), folder, missing[0]
+        )
     return files
 
 
@@ -111,7 +113,9 @@ def load_inria(src: Path, source: Path | None = None) -> ImportedScene:
         if p.name.split("_")[-1].isdigit() and (p / "point_cloud.ply").is_file()
     )
     if not its:
-        raise SceneFormatError(f"{src}: no point_cloud/iteration_*/point_cloud.ply (not an INRIA 3DGS output)")
+        raise SceneFormatError(
+            f"{src}: no point_cloud/iteration_*/point_cloud.ply (not an INRIA 3DGS output)"
+        )
     iteration, folder = its[-1]
     images_subdir = "images"
     if source is None:
@@ -127,12 +131,20 @@ def load_inria(src: Path, source: Path | None = None) -> ImportedScene:
         if not source.is_absolute() and not source.exists():
             source = src / sp
     if not Path(source).is_dir():
-        raise SceneFormatError(f"{source}: source dataset named by the INRIA output does not exist (use --source)")
+        raise SceneFormatError(
+            f"{source}: source dataset named by the INRIA output does not exist (use --source)"
+        )
     model, _ = _colmap_dataset(Path(source))
     images = model_images(model)
     splats = read_ply(folder / "point_cloud.ply")
-    lineage = {"source": {"format": "inria", "output": str(src.resolve()), "iteration": iteration,
-                          "dataset": str(Path(source).resolve())}}
+    lineage = {
+        "source": {
+            "format": "inria",
+            "output": str(src.resolve()),
+            "iteration": iteration,
+            "dataset": str(Path(source).resolve()),
+        }
+    }
     return ImportedScene(splats, model, images, _image_files(images, Path(source) / images_subdir), lineage)
 
 
@@ -148,8 +160,13 @@ def load_nerfstudio(src: Path, source: Path | None = None) -> ImportedScene:
             raise SceneFormatError(f"{src}/config.yml: dataset {source} not found; pass --source DATASET")
     model, _ = _colmap_dataset(Path(source))
     images = model_images(model)
-    lineage = {"source": {"format": "nerfstudio", "output": str(src.resolve()),
-                          "dataset": str(Path(source).resolve())}}
+    lineage = {
+        "source": {
+            "format": "nerfstudio",
+            "output": str(src.resolve()),
+            "dataset": str(Path(source).resolve()),
+        }
+    }
     return ImportedScene(splats, model, images, _image_files(images, Path(source) / "images"), lineage)
 
 
@@ -167,7 +184,9 @@ def detect_format(src: Path) -> str:
     )
 
 
-def load_scene(src: Path, fmt: str = "auto", ply: Path | None = None, source: Path | None = None) -> ImportedScene:
+def load_scene(
+    src: Path, fmt: str = "auto", ply: Path | None = None, source: Path | None = None
+) -> ImportedScene:
     src = Path(src)
     if not src.exists():
         raise SceneFormatError(f"{src}: does not exist")
@@ -181,12 +200,23 @@ def load_scene(src: Path, fmt: str = "auto", ply: Path | None = None, source: Pa
     return load_nerfstudio(src, source)
 
 
-def import_scene(scene: Scene, src: Path, fmt: str = "auto", ply: Path | None = None,
-                 source: Path | None = None, reason: str | None = None) -> int:
+def import_scene(
+    scene: Scene,
+    src: Path,
+    fmt: str = "auto",
+    ply: Path | None = None,
+    source: Path | None = None,
+    reason: str | None = None,
+) -> int:
     """Load ``src`` completely (everything is checked before the store is touched), then add a version."""
     imp = load_scene(src, fmt, ply, source)
     imp.splats.validate(str(ply or src))
     with scene.writer() as w:
-        return w.add_version(imp.splats, imp.model, imp.images, imp.image_files,
-                             reason=reason or f"import {imp.lineage['source']['format']} from {Path(src).name}",
-                             lineage=imp.lineage)
+        return w.add_version(
+            imp.splats,
+            imp.model,
+            imp.images,
+            imp.image_files,
+            reason=reason or f"import {imp.lineage['source']['format']} from {Path(src).name}",
+            lineage=imp.lineage,
+        )

@@ -134,8 +134,14 @@ class Splats:
         return Splats(**out)
 
     def nbytes(self) -> int:
-        return int(sum(getattr(self, f).numel() * 4 if isinstance(getattr(self, f), torch.Tensor)
-                       else getattr(self, f).nbytes for f in FIELDS))
+        return int(
+            sum(
+                getattr(self, f).numel() * 4
+                if isinstance(getattr(self, f), torch.Tensor)
+                else getattr(self, f).nbytes
+                for f in FIELDS
+            )
+        )
 
     def equal(self, other: Splats) -> bool:
         """Bit-exact equality of every field (numpy view)."""

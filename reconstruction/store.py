@@ -63,7 +63,9 @@ def parse_scene_ref(ref: str) -> tuple[Path, str]:
     ref = ref.rstrip("/")
     store, _, name = ref.rpartition("/")
     if not name or not _NAME_RE.match(name):
-        raise SceneStoreError(f"{ref!r}: expected STORE/NAME with NAME made of letters, digits, '.', '_', '-'")
+        raise SceneStoreError(
+            f"{ref!r}: expected STORE/NAME with NAME made of letters, digits, '.', '_', '-'"
+        )
     return Path(store or "."), name
 
 
@@ -230,8 +232,15 @@ class Scene:
         out = []
         for n in self.version_numbers():
             m = SceneVersion(self, n).meta
-            out.append({"version": n, "parent": m.get("parent"), "created_at": m.get("created_at"),
-                        "reason": m.get("reason"), "num_gaussians": m.get("num_gaussians")})
+            out.append(
+                {
+                    "version": n,
+                    "parent": m.get("parent"),
+                    "created_at": m.get("created_at"),
+                    "reason": m.get("reason"),
+                    "num_gaussians": m.get("num_gaussians"),
+                }
+            )
         return out
 
     @contextlib.contextmanager
@@ -335,7 +344,8 @@ class SceneWriter:
         current = scene.current_version()
         if expected_base != "any" and current != expected_base:
             raise SceneStoreError(
-                f"{scene.ref}: current version is {current}, not {expected_base}; re-run against the new version"
+                f"{scene.ref}: current version is {current}, not {expected_base}; "
+                "re-run against the new version"
             )
         parent = current if parent == "current" else parent
         number = max(scene.version_numbers(), default=0) + 1
@@ -377,7 +387,9 @@ class SceneWriter:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.set_current(number, event="new_version", reason=reason)
-        log.info("%s: wrote version %d (%d Gaussians, %d images)", scene.ref, number, len(splats), len(stored))
+        log.info(
+            "%s: wrote version %d (%d Gaussians, %d images)", scene.ref, number, len(splats), len(stored)
+        )
         return number
 
     @staticmethod
@@ -389,7 +401,8 @@ class SceneWriter:
         rec.read_binary(str(folder / "sparse"))
         if rec.num_reg_images() != num_images:
             raise SceneFormatError(
-                f"{folder}/sparse: model holds {rec.num_reg_images()} registered images, expected {num_images}"
+                f"{folder}/sparse: model holds {rec.num_reg_images()} registered images, "
+                f"expected {num_images}"
             )
 
 

@@ -15,8 +15,9 @@ def sample_dataset(tmp_path_factory) -> Path:
     """A COLMAP dataset folder (images/, sparse/0, splats.ply) of a small sample place."""
     from bench.sample_scene import make_sample_dataset
 
-    return make_sample_dataset(tmp_path_factory.mktemp("sample"), seed=1, num_views=4, width=80, height=60,
-                               density=0.25)
+    return make_sample_dataset(
+        tmp_path_factory.mktemp("sample"), seed=1, num_views=4, width=80, height=60, density=0.25
+    )
 
 
 @pytest.fixture

@@ -32,8 +32,19 @@ def idu_json(*args):
 @pytest.fixture
 def scene_ref(tmp_path, sample_dataset):
     ref = f"{tmp_path}/store/s"
-    idu("scene", "import", sample_dataset, "--store", tmp_path / "store", "--name", "s", "--format", "colmap",
-        "--ply", sample_dataset / "splats.ply")
+    idu(
+        "scene",
+        "import",
+        sample_dataset,
+        "--store",
+        tmp_path / "store",
+        "--name",
+        "s",
+        "--format",
+        "colmap",
+        "--ply",
+        sample_dataset / "splats.ply",
+    )
     return ref
 
 
@@ -46,8 +57,17 @@ def test_info_versions_rollback_contract(scene_ref, sample_dataset):
     assert set(im["cam_from_world"]) == {"rotation_wxyz", "translation"}
     assert set(im["camera"]) == {"model", "width", "height", "params"}
     # import onto an existing name adds a version
-    idu("scene", "import", sample_dataset, "--store", scene_ref.rsplit("/", 1)[0], "--name", "s",
-        "--ply", sample_dataset / "splats.ply")  # --format auto finds colmap
+    idu(
+        "scene",
+        "import",
+        sample_dataset,
+        "--store",
+        scene_ref.rsplit("/", 1)[0],
+        "--name",
+        "s",
+        "--ply",
+        sample_dataset / "splats.ply",
+    )  # --format auto finds colmap
     vs = idu_json("scene", "versions", scene_ref)
     assert vs["current"] == 2
     assert [v["version"] for v in vs["versions"]] == [1, 2]
@@ -71,8 +91,10 @@ def test_render_at_a_photo_pose_reproduces_the_photo(scene_ref, sample_dataset, 
     assert np.abs(got - photo).max() <= 1.0  # same splats, same pose, same renderer
     # a pose given as JSON (an info entry, moved sideways) renders a different view
     entry = dict(info["images"][2])
-    entry["cam_from_world"] = {**entry["cam_from_world"],
-                               "translation": list(np.add(entry["cam_from_world"]["translation"], [0.4, 0, 0]))}
+    entry["cam_from_world"] = {
+        **entry["cam_from_world"],
+        "translation": list(np.add(entry["cam_from_world"]["translation"], [0.4, 0, 0])),
+    }
     pose = tmp_path / "pose.json"
     pose.write_text(json.dumps(entry))
     idu("scene", "render", scene_ref, "--pose-json", pose, "--out", tmp_path / "r2.png", "--background", BG)
@@ -144,13 +166,15 @@ def _nan(good, out):
 def _count_mismatch(good, out):
     b = _ply_bytes(good)
     n = len(read_ply(good))
-    out.write_bytes(bytes(b).replace(f"element vertex {n}\n".encode(), f"element vertex {n - 3}\n".encode(), 1))
+    out.write_bytes(
+        bytes(b).replace(f"element vertex {n}\n".encode(), f"element vertex {n - 3}\n".encode(), 1)
+    )
     return "vertices"
 
 
 def _f_rest_count(good, out):
     b = bytes(_ply_bytes(good))
-    head, body = b[: _header_end(b)], b[_header_end(b):]
+    head, body = b[: _header_end(b)], b[_header_end(b) :]
     # drop the last f_rest property from the header and its column from the body
     lines = head.decode().splitlines(keepends=True)
     props = [ln.split()[-1] for ln in lines if ln.startswith("property")]
@@ -159,8 +183,10 @@ def _f_rest_count(good, out):
     lines.pop(drop)
     rec = np.frombuffer(body, dtype=np.dtype([(p, "<f4") for p in props]))
     keep = [p for i, p in enumerate(props) if i != last]
-    out.write_bytes("".join(lines).encode() + np.ascontiguousarray(
-        np.stack([rec[p] for p in keep], 1)).astype("<f4").tobytes())
+    out.write_bytes(
+        "".join(lines).encode()
+        + np.ascontiguousarray(np.stack([rec[p] for p in keep], 1)).astype("<f4").tobytes()
+    )
     return "f_rest"
 
 
@@ -197,8 +223,20 @@ def test_bad_ply_is_refused_and_store_untouched(scene_ref, sample_dataset, tmp_p
     word = corrupt(sample_dataset / "splats.ply", bad)
     store_dir = scene_ref.rsplit("/", 1)[0]
     before = tree_digest(store_dir)
-    res = idu("scene", "import", sample_dataset, "--store", store_dir, "--name", "s", "--format", "colmap",
-              "--ply", bad, ok=False)
+    res = idu(
+        "scene",
+        "import",
+        sample_dataset,
+        "--store",
+        store_dir,
+        "--name",
+        "s",
+        "--format",
+        "colmap",
+        "--ply",
+        bad,
+        ok=False,
+    )
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.ply" in lines[0], res.stderr
@@ -211,8 +249,20 @@ def test_missing_colmap_file_is_refused(sample_dataset, tmp_path, missing):
     ds = tmp_path / "ds"
     shutil.copytree(sample_dataset, ds)
     (ds / "sparse" / "0" / missing).unlink()
-    res = idu("scene", "import", ds, "--store", tmp_path / "store", "--name", "s", "--format", "colmap",
-              "--ply", ds / "splats.ply", ok=False)
+    res = idu(
+        "scene",
+        "import",
+        ds,
+        "--store",
+        tmp_path / "store",
+        "--name",
+        "s",
+        "--format",
+        "colmap",
+        "--ply",
+        ds / "splats.ply",
+        ok=False,
+    )
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and missing in lines[0] and "sparse" in lines[0]
     assert not (tmp_path / "store" / "s" / "current").exists()

@@ -100,8 +100,13 @@ def test_undistort_matches_the_pinhole_view():
 
 def test_colmap_model_round_trip_text_and_binary(tmp_path):
     rng = np.random.default_rng(2)
-    cams = [Camera("PINHOLE", 64, 48, [60, 60, 32, 24]), Camera("OPENCV", 80, 60, [70, 71, 40, 30, 0.01, 0, 0, 0])]
-    entries = [ImageEntry(f"im{i}.jpg", cams[i % 2], Pose(random_quat(rng), rng.normal(size=3))) for i in range(5)]
+    cams = [
+        Camera("PINHOLE", 64, 48, [60, 60, 32, 24]),
+        Camera("OPENCV", 80, 60, [70, 71, 40, 30, 0.01, 0, 0, 0]),
+    ]
+    entries = [
+        ImageEntry(f"im{i}.jpg", cams[i % 2], Pose(random_quat(rng), rng.normal(size=3))) for i in range(5)
+    ]
     model = build_model(entries, rng.normal(size=(10, 3)), rng.integers(0, 255, (10, 3)))
     for fmt in ("binary", "text"):
         d = tmp_path / fmt
@@ -116,7 +121,9 @@ def test_colmap_model_round_trip_text_and_binary(tmp_path):
 
 def test_missing_and_corrupt_colmap_files(tmp_path):
     rng = np.random.default_rng(3)
-    model = build_model([ImageEntry("a.jpg", Camera("PINHOLE", 8, 8, [8, 8, 4, 4]), Pose(random_quat(rng), [0, 0, 1]))])
+    model = build_model(
+        [ImageEntry("a.jpg", Camera("PINHOLE", 8, 8, [8, 8, 4, 4]), Pose(random_quat(rng), [0, 0, 1]))]
+    )
     model.write_binary(str(tmp_path))
     (tmp_path / "points3D.bin").unlink()
     with pytest.raises(SceneFormatError, match=r"missing points3D\.bin"):

@@ -35,8 +35,12 @@ def test_inria_output_import(tmp_path, sample_dataset):
     v = import_scene(scene, out)
     ver = scene.version(v)
     assert ver.load_splats().equal(read_ply(sample_dataset / "splats.ply"))  # iteration 30000
-    assert ver.meta["lineage"]["source"] == {"format": "inria", "output": str(out.resolve()),
-                                             "iteration": 30000, "dataset": str(sample_dataset.resolve())}
+    assert ver.meta["lineage"]["source"] == {
+        "format": "inria",
+        "output": str(out.resolve()),
+        "iteration": 30000,
+        "dataset": str(sample_dataset.resolve()),
+    }
     assert len(ver.images()) == 4 and all(i.sha256 for i in ver.images())
 
 
@@ -89,8 +93,13 @@ def test_nerfstudio_output_import_lands_in_the_colmap_frame(tmp_path, sample_dat
     T = np.eye(4)[:3]
     T[:3, :3] = quat_to_matrix(np.array([0.9, 0.2, -0.3, 0.1]))
     T[:3, 3] = [0.3, -1.2, 0.5]
-    run = write_splatfacto_fixture(tmp_path / "outputs" / "scene" / "splatfacto" / "2026-01-01_000000",
-                                   original, T, 0.37, data=str(sample_dataset))
+    run = write_splatfacto_fixture(
+        tmp_path / "outputs" / "scene" / "splatfacto" / "2026-01-01_000000",
+        original,
+        T,
+        0.37,
+        data=str(sample_dataset),
+    )
     assert detect_format(run) == "nerfstudio"
     scene = SceneStore(tmp_path / "store").scene("ns")
     import_scene(scene, run)

@@ -30,9 +30,14 @@ def tree_digest(root):
 def add_copy(scene, **kw):
     v = scene.version()
     with scene.writer() as w:
-        return w.add_version(v.load_splats(), v.load_model(), [i.entry for i in v.images()],
-                             {i.entry.name: scene.root / i.file for i in v.images() if i.file},
-                             reason=kw.pop("reason", "copy"), **kw)
+        return w.add_version(
+            v.load_splats(),
+            v.load_model(),
+            [i.entry for i in v.images()],
+            {i.entry.name: scene.root / i.file for i in v.images() if i.file},
+            reason=kw.pop("reason", "copy"),
+            **kw,
+        )
 
 
 def test_parse_scene_ref():
@@ -48,8 +53,9 @@ def test_import_creates_a_complete_version(store_with_scene, sample_dataset):
     meta = v.meta
     assert meta["parent"] is None and meta["reason"].startswith("import colmap")
     assert meta["lineage"]["source"]["format"] == "colmap"
-    assert v.load_splats().equal(__import__("reconstruction.ply", fromlist=["read_ply"]).read_ply(
-        sample_dataset / "splats.ply"))
+    assert v.load_splats().equal(
+        __import__("reconstruction.ply", fromlist=["read_ply"]).read_ply(sample_dataset / "splats.ply")
+    )
     images = v.images()
     assert len(images) == 4 and all(i.sha256 and (scene.root / i.file).is_file() for i in images)
     # photos are stored by content
@@ -97,8 +103,12 @@ def test_second_writer_is_refused_across_processes(store_with_scene):
         f"s = SceneStore({str(scene.store.root)!r}).scene('s')\n"
         "with s.writer():\n    print('locked', flush=True); time.sleep(30)\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     try:
         assert p.stdout.readline().strip() == "locked"
         with pytest.raises(SceneLockedError, match=f"pid {p.pid}"):
