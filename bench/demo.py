@@ -49,19 +49,11 @@ def main() -> None:
     store = out / "store"
     ref = f"{store}/sample"
 
-    imp = idu(
-        "scene",
-        "import",
-        str(ds),
-        "--store",
-        str(store),
-        "--name",
-        "sample",
-        "--format",
-        "colmap",
-        "--ply",
-        str(ds / "splats.ply"),
-    )
+    def import_colmap(ply: Path) -> dict:
+        return idu("scene", "import", str(ds), "--store", str(store), "--name", "sample",
+                   "--format", "colmap", "--ply", str(ply))  # fmt: skip
+
+    imp = import_colmap(ds / "splats.ply")
     info = idu("scene", "info", ref)
     name = info["images"][3]["name"]
     r = idu(
@@ -83,19 +75,7 @@ def main() -> None:
         fmt: idu("scene", "export", ref, "--format", fmt, "--out", str(out / f"sample.{fmt}"))
         for fmt in ("ply", "splat", "spz")
     }
-    idu(
-        "scene",
-        "import",
-        str(ds),
-        "--store",
-        str(store),
-        "--name",
-        "sample",
-        "--format",
-        "colmap",
-        "--ply",
-        str(out / "sample.ply"),
-    )
+    import_colmap(out / "sample.ply")
     versions = idu("scene", "versions", ref)
     rb = idu("scene", "rollback", ref, "--to", "1")
 

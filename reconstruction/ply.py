@@ -417,19 +417,6 @@ def _property_names(k: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])  # fmt: skip
 
 
-def _check_shapes(s: Splats, source: str) -> None:
-    n = len(s)
-    want = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
-    for name, shape in want.items():
-        got = tuple(getattr(s, name).shape)
-        if got != shape:
-            raise SceneFormatError(f"{source}: {name} has shape {got}, expected {shape}")
-    shn = tuple(s.shN.shape)
-    if len(shn) != 3 or shn[0] != n or shn[2] != 3:
-        raise SceneFormatError(f"{source}: shN has shape {shn}, expected ({n}, K, 3)")
-    s.sh_degree  # noqa: B018 - raises on a bad K
-
-
 def _write_all(f, view: memoryview) -> None:
     done = 0
     while done < len(view):
@@ -446,7 +433,7 @@ def write_ply(path: str | os.PathLike, splats: Splats) -> Path:
     path = Path(path)
     source = str(path)
     s = splats.to_numpy()
-    _check_shapes(s, source)
+    s.check_shapes(source)
     n, k = len(s), s.shN.shape[1]
     names = _property_names(k)
     header = (

@@ -86,16 +86,10 @@ class Splats:
             raise SceneFormatError(f"splats: shN has {k} coefficients per channel (expected 0, 3, 8 or 15)")
         return _K_TO_DEGREE[k]
 
-    def validate(self, source: str = "splats") -> Splats:
-        """Check shapes, SH degree and finiteness; raise SceneFormatError naming ``source``."""
+    def check_shapes(self, source: str = "splats") -> Splats:
+        """Check shapes and SH degree only (cheap); raise SceneFormatError naming ``source``."""
         n = len(self)
-        want = {
-            "means": (n, 3),
-            "quats": (n, 4),
-            "scales": (n, 3),
-            "opacities": (n,),
-            "sh0": (n, 3),
-        }
+        want = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
         for name, shape in want.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
@@ -104,6 +98,11 @@ class Splats:
         if len(shn) != 3 or shn[0] != n or shn[2] != 3:
             raise SceneFormatError(f"{source}: shN has shape {shn}, expected ({n}, K, 3)")
         self.sh_degree  # noqa: B018 - raises on a bad K
+        return self
+
+    def validate(self, source: str = "splats") -> Splats:
+        """Check shapes, SH degree and finiteness; raise SceneFormatError naming ``source``."""
+        self.check_shapes(source)
         for name in FIELDS:
             if not _isfinite_all(getattr(self, name)):
                 raise SceneFormatError(f"{source}: {name} holds NaN or Inf values")

@@ -25,6 +25,12 @@ def idu(*args, ok=True):
     return res
 
 
+def import_colmap(dataset, store, ply, ok=True):
+    return idu(
+        "scene", "import", dataset, "--store", store, "--name", "s", "--format", "colmap", "--ply", ply, ok=ok
+    )
+
+
 def idu_json(*args):
     return json.loads(idu(*args, "--json").stdout)
 
@@ -32,19 +38,7 @@ def idu_json(*args):
 @pytest.fixture
 def scene_ref(tmp_path, sample_dataset):
     ref = f"{tmp_path}/store/s"
-    idu(
-        "scene",
-        "import",
-        sample_dataset,
-        "--store",
-        tmp_path / "store",
-        "--name",
-        "s",
-        "--format",
-        "colmap",
-        "--ply",
-        sample_dataset / "splats.ply",
-    )
+    import_colmap(sample_dataset, tmp_path / "store", sample_dataset / "splats.ply")
     return ref
 
 
@@ -223,20 +217,7 @@ def test_bad_ply_is_refused_and_store_untouched(scene_ref, sample_dataset, tmp_p
     word = corrupt(sample_dataset / "splats.ply", bad)
     store_dir = scene_ref.rsplit("/", 1)[0]
     before = tree_digest(store_dir)
-    res = idu(
-        "scene",
-        "import",
-        sample_dataset,
-        "--store",
-        store_dir,
-        "--name",
-        "s",
-        "--format",
-        "colmap",
-        "--ply",
-        bad,
-        ok=False,
-    )
+    res = import_colmap(sample_dataset, store_dir, bad, ok=False)
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.ply" in lines[0], res.stderr
@@ -249,20 +230,7 @@ def test_missing_colmap_file_is_refused(sample_dataset, tmp_path, missing):
     ds = tmp_path / "ds"
     shutil.copytree(sample_dataset, ds)
     (ds / "sparse" / "0" / missing).unlink()
-    res = idu(
-        "scene",
-        "import",
-        ds,
-        "--store",
-        tmp_path / "store",
-        "--name",
-        "s",
-        "--format",
-        "colmap",
-        "--ply",
-        ds / "splats.ply",
-        ok=False,
-    )
+    res = import_colmap(ds, tmp_path / "store", ds / "splats.ply", ok=False)
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and missing in lines[0] and "sparse" in lines[0]
     assert not (tmp_path / "store" / "s" / "current").exists()
