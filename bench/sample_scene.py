@@ -58,13 +58,13 @@ def _surface(rng, origin, eu, ev, nu, nv, base_rgb, thickness=0.004, cells=(6, 2
 
 
 def sample_splats(seed: int = 0, density: float = 1.0) -> Splats:
-    """The sample place as splats (about 30k Gaussians at density 1, SH degree 1, z up)."""
+    """The sample place as splats (about 40k Gaussians at density 1, SH degree 1, z up)."""
     rng = np.random.default_rng(seed)
     d = lambda n: max(2, int(round(n * density)))  # noqa: E731
     parts = [
-        _surface(rng, (-3, -3, 0), (6, 0, 0), (0, 6, 0), d(120), d(120), (0.55, 0.5, 0.42)),  # ground
-        _surface(rng, (-3, 3, 0), (6, 0, 0), (0, 0, 2), d(120), d(40), (0.7, 0.35, 0.3)),  # back wall
-        _surface(rng, (3, -3, 0), (0, 6, 0), (0, 0, 2), d(120), d(40), (0.35, 0.45, 0.6)),  # side wall
+        _surface(rng, (-5, -5, 0), (10, 0, 0), (0, 10, 0), d(150), d(150), (0.55, 0.5, 0.42)),  # ground
+        _surface(rng, (-5, 5, 0), (10, 0, 0), (0, 0, 2.5), d(150), d(40), (0.7, 0.35, 0.3)),  # back wall
+        _surface(rng, (5, -5, 0), (0, 10, 0), (0, 0, 2.5), d(150), d(40), (0.35, 0.45, 0.6)),  # side wall
     ]
     # props: axis-aligned boxes (4 sides + top)
     for _ in range(4):
@@ -109,7 +109,7 @@ def look_at(center: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> Pose:
 
 def orbit_poses(
     n: int,
-    radius: float = 4.2,
+    radius: float = 3.4,
     height: float = 1.6,
     target=(0.0, 0.0, 0.4),
     phase: float = 0.0,
