@@ -498,11 +498,27 @@ def render_torch(
     near: float = 0.01,
     far: float = 1e10,
     max_pairs: int = DEFAULT_MAX_PAIRS,
+    info: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """rgb [H, W, 3], alpha [H, W], expected depth [H, W] (0 where alpha is 0), as gsplat "RGB+ED"."""
+    """rgb [H, W, 3], alpha [H, W], expected depth [H, W] (0 where alpha is 0), as gsplat "RGB+ED".
+
+    ``info`` (a dict, optional) receives ``means2d`` [N, 2] (pixel centres; its ``.grad`` is kept after
+    backward, zero for Gaussians not drawn), ``visible`` [N] bool and ``radii`` [N] (3 sigma, pixels).
+    """
     proj = project(
         means, quats, scales, opacities, sh_coeffs, sh_degree, viewmat, K, width, height, near, far
     )
+    if info is not None:
+        n = means.shape[0]
+        full = proj.means2d.new_zeros(n, 2).index_copy(0, proj.ids, proj.means2d)
+        if full.requires_grad:
+            full.retain_grad()
+        proj.means2d = full.index_select(0, proj.ids)
+        info["means2d"] = full
+        info["visible"] = torch.zeros(n, dtype=torch.bool, device=means.device).index_fill(0, proj.ids, True)
+        info["radii"] = proj.means2d.new_zeros(n).index_copy(
+            0, proj.ids, 3.0 * proj.cov_diag.max(-1).values.sqrt()
+        )
     acc = rasterize(proj, width, height, max_pairs)
     rgb, alpha, zacc = acc[:3].permute(1, 2, 0).contiguous(), acc[3], acc[4]
     if background is not None:

@@ -19,3 +19,7 @@ class SceneLockedError(SceneStoreError):
 
 class RenderError(IDUError):
     """The renderer was given inputs it cannot use."""
+
+
+class SfMError(IDUError):
+    """Structure-from-motion could not reconstruct the photos (too few features, matches or registrations)."""

@@ -48,6 +48,7 @@ def render(
     near: float = 0.01,
     far: float = 1e10,
     backend: str = "auto",
+    info: dict | None = None,
 ) -> RenderOutput:
     """Render ``splats`` seen by ``camera`` at ``cam_from_world``.
 
@@ -73,6 +74,10 @@ def render(
         near, far: Gaussians whose camera z is below ``near`` or above ``far`` are culled.
         backend: ``"auto"`` (gsplat when the splat tensors are on CUDA, else the CPU rasterizer), ``"torch"``
             (the CPU rasterizer, on any device) or ``"gsplat"`` (needs CUDA).
+        info: optional dict that receives per-Gaussian screen-space data (for densification in training):
+            ``means2d`` [N, 2] projected centres in pixels, or [1, N, 2] on gsplat (its ``.grad`` is kept
+            after backward: reshape to [N, 2]), ``visible`` [N] bool (drawn in this image) and ``radii``
+            [N] (pixels). Off by default; nothing else changes when it is given.
 
     Returns:
         :class:`RenderOutput` with ``rgb`` [H, W, 3], ``alpha`` [H, W] and ``depth`` [H, W] (expected
@@ -141,11 +146,12 @@ def render(
         "gsplat" if use_gsplat else f"torch on {device}",
     )
     if use_gsplat:
-        rgb, alpha, depth = _render_gsplat(sp, coeffs, degree, viewmat, K, width, height, bg, near, far)
+        rgb, alpha, depth = _render_gsplat(sp, coeffs, degree, viewmat, K, width, height, bg, near, far, info)
         return RenderOutput(rgb, alpha, depth, "gsplat")
     rgb, alpha, depth = render_torch(
-        sp.means, sp.quats, sp.scales, sp.opacities, coeffs, degree, viewmat, K, width, height, bg, near, far
-    )
+        sp.means, sp.quats, sp.scales, sp.opacities, coeffs, degree, viewmat, K, width, height, bg, near, far,
+        info=info,
+    )  # fmt: skip
     return RenderOutput(rgb, alpha, depth, "torch")
 
 
@@ -262,12 +268,13 @@ def _render_gsplat(
     bg: Tensor | None,
     near: float,
     far: float,
+    info: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     try:
         from gsplat import rasterization
     except ImportError as e:  # pragma: no cover - gsplat is a dependency
         raise RenderError(f"render: gsplat is not importable ({e}); use backend='torch'") from None
-    colors, alphas, _ = rasterization(
+    colors, alphas, meta = rasterization(
         means=sp.means,
         quats=sp.quats,
         scales=torch.exp(sp.scales),
@@ -283,5 +290,11 @@ def _render_gsplat(
         render_mode="RGB+ED",
         backgrounds=None if bg is None else bg[None],  # [1, 3]
     )
+    if info is not None:
+        means2d, radii = meta["means2d"], meta["radii"]  # [1, N, 2]; radii [1, N, 2] (1.5) or [1, N]
+        if means2d.requires_grad:
+            means2d.retain_grad()
+        r = radii[0].reshape(radii.shape[1], -1).max(-1).values.to(sp.means.dtype)
+        info.update(means2d=means2d, visible=r > 0, radii=r)
     # gsplat 1.5.3: colors [1, H, W, 4] (RGB + expected depth), alphas [1, H, W, 1].
     return colors[0, ..., :3], alphas[0, ..., 0], colors[0, ..., 3]

@@ -1,0 +1,520 @@
+"""Structure-from-motion for a new scene: pycolmap SIFT, matching chosen by image count, incremental mapping.
+
+A plain stage over files (hloc style): :func:`run_sfm` writes into ``out_dir``::
+
+    out_dir/
+      database.db      COLMAP database (features, matches); an interrupted run resumes from it
+      vocab_tree.bin   retrieval index built from the photos' own descriptors (vocabulary-tree matching)
+      mapping/N/       every model the incremental mapper produced
+      sparse/0/        the largest model (COLMAP binary), what the next stages read
+      sfm.json         what was done: images, matcher, registered count, timings
+      colmap.log       COLMAP's own chatter
+
+and returns the model. :func:`align_to_reference` moves a model (and splats) onto reference camera centres
+with a similarity (Umeyama), e.g. to compare with a benchmark's ground truth.
+
+Example::
+
+    rec = run_sfm("photos/", "work/sfm", SfMConfig(max_image_size=1024))
+    sim3, rec, splats = align_to_reference(rec, splats, {"0001.jpg": [0, 0, 1.5], ...})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pycolmap
+
+from .errors import SfMError
+from .splat_ops import transform
+from .splats import Splats
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MATCHERS = ("auto", "exhaustive", "sequential", "vocabtree")
+
+
+@dataclass
+class SfMConfig:
+    """How :func:`run_sfm` reconstructs a set of photos."""
+
+    max_image_size: int = 1600
+    """Longer image side SIFT works at (larger photos are downscaled for extraction only)."""
+    max_num_features: int = 8192
+    """SIFT features kept per image."""
+    peak_threshold: float = 0.004
+    """SIFT detector peak threshold (COLMAP's default is 0.0067); lower finds more features in soft images."""
+    camera_model: str = "SIMPLE_RADIAL"
+    """COLMAP camera model estimated for the photos (SIMPLE_RADIAL, OPENCV, PINHOLE, ...)."""
+    single_camera: bool | None = None
+    """One camera shared by all photos; None: shared when all photos have the same size."""
+    matcher: str = "auto"
+    """auto | exhaustive | sequential | vocabtree. auto: exhaustive up to ``exhaustive_max_images`` photos,
+    then sequential for an ordered capture (``ordered``), else vocabulary-tree retrieval."""
+    exhaustive_max_images: int = 40
+    """Largest photo count matched exhaustively by ``matcher="auto"``."""
+    ordered: bool = False
+    """The photos' sorted names follow the capture path (a video or a walk): sequential matching applies."""
+    sequential_overlap: int = 10
+    """Sequential matching: each photo is matched with this many following ones."""
+    vocabtree_num_images: int = 30
+    """Vocabulary-tree matching: each photo is matched with its this many most similar photos."""
+    vocabtree_max_descriptors: int = 200_000
+    """Descriptors sampled from the photos to build the vocabulary tree."""
+    guided_matching: bool = True
+    """Re-match each verified pair guided by its two-view geometry: many more inliers on small photos (a
+    30-photo 320x240 walk-around registers fully with it, in fragments without)."""
+    init_min_num_inliers: int = 100
+    """Inliers the mapper's initial pair needs (COLMAP default; it relaxes this itself when it fails)."""
+    abs_pose_min_num_inliers: int = 30
+    """2D-3D inliers a photo needs to register."""
+    min_registered: int = 3
+    """Fail (SfMError) when fewer photos than this register ..."""
+    min_registered_fraction: float = 0.5
+    """... or fewer than this fraction of the photos."""
+    min_num_matches: int = 15
+    """Verified matches a photo pair needs to count in mapping."""
+    num_threads: int = -1
+    """CPU threads for extraction, matching and mapping (-1: all)."""
+    device: str = "auto"
+    """auto | cpu | cuda for SIFT extraction and matching (auto: CUDA when pycolmap was built with it)."""
+    seed: int = 0
+    """Random seed for RANSAC and mapping (repeatable models)."""
+
+
+class Sim3(NamedTuple):
+    """A similarity ``x -> scale * R @ x + t`` (new world from old world)."""
+
+    scale: float
+    R: np.ndarray  # [3, 3]
+    t: np.ndarray  # [3]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform points [..., 3]."""
+        return self.scale * np.asarray(x, np.float64) @ self.R.T + self.t
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": float(self.scale), "rotation": self.R.tolist(), "translation": self.t.tolist()}
+
+    def to_pycolmap(self) -> pycolmap.Sim3d:
+        return pycolmap.Sim3d(float(self.scale), pycolmap.Rotation3d(self.R), np.asarray(self.t, np.float64))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def list_images(image_dir: Path) -> list[str]:
+    """Photo file names directly in ``image_dir`` (sorted; jpg, png, tif, bmp)."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise SfMError(f"{image_dir}: image folder does not exist")
+    return sorted(p.name for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _image_sizes(image_dir: Path, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    from PIL import Image, UnidentifiedImageError
+
+    out = {}
+    for n in names:
+        try:
+            with Image.open(image_dir / n) as im:
+                out[n] = im.size
+        except (OSError, UnidentifiedImageError) as e:
+            raise SfMError(f"{image_dir / n}: cannot be read as an image ({e})") from None
+    return out
+
+
+@contextlib.contextmanager
+def colmap_log(path: Path) -> Iterator[None]:
+    """Send everything written to the process's stderr (COLMAP's glog chatter) to ``path`` (appended).
+
+    A file-descriptor redirect, as hloc's ``OutputCapture``: C++ logging bypasses ``sys.stderr``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _log_tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    bad = [ln for ln in lines if ln[:1] in "EF" and "]" in ln]
+    pick = bad[-n:] if bad else lines[-n:]
+    return " | ".join(ln.split("] ", 1)[-1] for ln in pick)
+
+
+def choose_matcher(num_images: int, config: SfMConfig) -> str:
+    """The matching method for ``num_images`` photos under ``config`` (see :attr:`SfMConfig.matcher`)."""
+    if config.matcher not in MATCHERS:
+        raise SfMError(f"SfM matcher {config.matcher!r}: expected one of {', '.join(MATCHERS)}")
+    if config.matcher != "auto":
+        return config.matcher
+    if num_images <= config.exhaustive_max_images:
+        return "exhaustive"
+    return "sequential" if config.ordered else "vocabtree"
+
+
+def _device(config: SfMConfig) -> pycolmap.Device:
+    try:
+        return getattr(pycolmap.Device, config.device)
+    except AttributeError:
+        raise SfMError(f"SfM device {config.device!r}: expected auto, cpu or cuda") from None
+
+
+def build_vocab_tree(database: Path, out: Path, config: SfMConfig) -> Path:
+    """A retrieval index (vocabulary tree) built from the database's own SIFT descriptors.
+
+    No pretrained tree can be downloaded on our machines; one built from the photos being matched works
+    for retrieval among them. Descriptors are subsampled evenly per image to ``vocabtree_max_descriptors``.
+    """
+    db = pycolmap.Database.open(str(database))
+    try:
+        images = db.read_all_images()
+        per_image = max(1, config.vocabtree_max_descriptors // max(1, len(images)))
+        rng = np.random.default_rng(config.seed)
+        chunks = []
+        for im in images:
+            d = np.asarray(db.read_descriptors(im.image_id).data)
+            if len(d) > per_image:
+                d = d[np.sort(rng.choice(len(d), per_image, replace=False))]
+            chunks.append(d)
+    finally:
+        db.close()
+    descs = np.concatenate(chunks) if chunks else np.zeros((0, 128), np.uint8)
+    if len(descs) < 64:
+        raise SfMError(
+            f"{database}: only {len(descs)} SIFT descriptors in all, too few for a vocabulary tree"
+        )
+    # COLMAP trains trees with ~100 descriptors per visual word; keep a power of two.
+    words = int(2 ** np.clip(np.floor(np.log2(len(descs) / 50)), 4, 16))
+    index = pycolmap.VisualIndex.create(128, 64)
+    opts = pycolmap.VisualIndex.BuildOptions()
+    opts.num_visual_words = words
+    opts.num_iterations = 30
+    opts.num_rounds = 1
+    opts.num_threads = config.num_threads
+    feats = pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, np.ascontiguousarray(descs))
+    index.build(opts, feats.to_float())
+    index.write(str(out))
+    log.info("vocabulary tree: %d visual words from %d descriptors -> %s", words, len(descs), out)
+    return out
+
+
+def _sfm_key(names: Sequence[str], config: SfMConfig) -> dict[str, Any]:
+    return {"images": list(names), "config": asdict(config)}
+
+
+# -- the stage -------------------------------------------------------------------------------------
+def run_sfm(
+    image_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: SfMConfig | None = None,
+    image_names: Sequence[str] | None = None,
+) -> pycolmap.Reconstruction:
+    """Reconstruct the photos in ``image_dir``: SIFT, matching, incremental mapping; the largest model.
+
+    Args:
+        image_dir: folder of photos (jpg/png/tif/bmp; the image names in the model are the file names).
+        out_dir: stage folder (see the module docstring). A finished run with the same photos and config
+            is returned as it is; an interrupted one resumes from ``database.db`` (COLMAP skips images
+            already extracted and pairs already matched).
+        config: :class:`SfMConfig` (default: ``SfMConfig()``).
+        image_names: the photos to use (default: every image file in ``image_dir``).
+    Returns:
+        The largest model (``out_dir/sparse/0``), in COLMAP's arbitrary frame and scale.
+    Raises:
+        SfMError: too few photos, unreadable photos, no model, or fewer registered photos than
+            ``config.min_registered`` / ``config.min_registered_fraction`` (the message says how many).
+    """
+    config = config or SfMConfig()
+    image_dir, out_dir = Path(image_dir), Path(out_dir)
+    names = sorted(image_names) if image_names is not None else list_images(image_dir)
+    if len(names) < 2:
+        raise SfMError(f"{image_dir}: SfM needs at least 2 photos, found {len(names)}")
+    missing = [n for n in names if not (image_dir / n).is_file()]
+    if missing:
+        raise SfMError(f"{image_dir}: {len(missing)} photo(s) missing, e.g. {missing[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sparse = out_dir / "sparse" / "0"
+    stats_path = out_dir / "sfm.json"
+    key = _sfm_key(names, config)
+    if stats_path.is_file() and (sparse / "images.bin").is_file():
+        done = json.loads(stats_path.read_text())
+        if done.get("key") == key:
+            log.info("SfM: reusing the finished model in %s", sparse)
+            return pycolmap.Reconstruction(str(sparse))
+
+    sizes = _image_sizes(image_dir, names)  # unreadable photos are named before anything else
+    n_min = max(2, config.min_registered, math.ceil(config.min_registered_fraction * len(names)))
+    if n_min > len(names):
+        raise SfMError(
+            f"{image_dir}: {len(names)} photos, but SfM is asked to register at least {n_min} "
+            "(min_registered)"
+        )
+    single = config.single_camera if config.single_camera is not None else len(set(sizes.values())) == 1
+    method = choose_matcher(len(names), config)
+    database = out_dir / "database.db"
+    logfile = out_dir / "colmap.log"
+    pycolmap.set_random_seed(config.seed)
+    device = _device(config)
+    timings: dict[str, float] = {}
+    log.info(
+        "SfM: %d photos, %s camera model %s, %s matching (COLMAP log: %s)",
+        len(names), "one shared" if single else "per-photo", config.camera_model, method, logfile,
+    )  # fmt: skip
+
+    t0 = time.perf_counter()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = config.camera_model
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.max_image_size = config.max_image_size
+    ext.num_threads = config.num_threads
+    ext.sift.max_num_features = config.max_num_features
+    ext.sift.peak_threshold = config.peak_threshold
+    mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
+    try:
+        with colmap_log(logfile):
+            pycolmap.extract_features(
+                database, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
+                extraction_options=ext, device=device,
+            )  # fmt: skip
+    except Exception as e:
+        raise SfMError(f"{image_dir}: SIFT extraction failed ({e}; see {logfile})") from None
+    timings["extract_s"] = time.perf_counter() - t0
+    num_features = _feature_counts(database)
+    featureless = [n for n in names if num_features.get(n, 0) == 0]
+    if featureless and len(featureless) > len(names) - n_min:
+        raise SfMError(
+            f"{image_dir}: {len(featureless)} of {len(names)} photos have no SIFT features "
+            f"(e.g. {featureless[0]}); blank, blurred or unreadable photos?"
+        )
+
+    t0 = time.perf_counter()
+    mopts = pycolmap.FeatureMatchingOptions()
+    mopts.num_threads = config.num_threads
+    mopts.guided_matching = config.guided_matching
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.min_num_inliers = config.min_num_matches
+    verify.ransac.random_seed = config.seed
+    try:
+        with colmap_log(logfile):
+            if method == "exhaustive":
+                pycolmap.match_exhaustive(
+                    database, matching_options=mopts, verification_options=verify, device=device
+                )
+            elif method == "sequential":
+                pairing = pycolmap.SequentialPairingOptions()
+                pairing.overlap = config.sequential_overlap
+                pycolmap.match_sequential(
+                    database, matching_options=mopts, pairing_options=pairing, verification_options=verify,
+                    device=device,
+                )  # fmt: skip
+            else:
+                tree = build_vocab_tree(database, out_dir / "vocab_tree.bin", config)
+                pairing = pycolmap.VocabTreePairingOptions()
+                pairing.vocab_tree_path = str(tree)
+                pairing.num_images = min(config.vocabtree_num_images, len(names))
+                pairing.num_threads = config.num_threads
+                pycolmap.match_vocabtree(
+                    database, matching_options=mopts, pairing_options=pairing, verification_options=verify,
+                    device=device,
+                )  # fmt: skip
+    except SfMError:
+        raise
+    except Exception as e:
+        raise SfMError(f"{image_dir}: {method} matching failed ({e}; see {logfile})") from None
+    timings["match_s"] = time.perf_counter() - t0
+    db = pycolmap.Database.open(str(database))
+    try:
+        verified_pairs = int(db.num_verified_image_pairs())
+    finally:
+        db.close()
+
+    t0 = time.perf_counter()
+    mapping = out_dir / "mapping"
+    shutil.rmtree(mapping, ignore_errors=True)
+    mapping.mkdir()
+    popts = pycolmap.IncrementalPipelineOptions()
+    popts.num_threads = config.num_threads
+    popts.min_num_matches = config.min_num_matches
+    popts.min_model_size = min(10, n_min)
+    popts.random_seed = config.seed
+    popts.mapper.init_min_num_inliers = config.init_min_num_inliers
+    popts.mapper.abs_pose_min_num_inliers = config.abs_pose_min_num_inliers
+    popts.mapper.random_seed = config.seed
+    popts.triangulation.random_seed = config.seed
+    try:
+        with colmap_log(logfile):
+            models = pycolmap.incremental_mapping(database, image_dir, mapping, popts)
+    except Exception as e:
+        raise SfMError(f"{image_dir}: incremental mapping failed ({e}; see {logfile})") from None
+    timings["map_s"] = time.perf_counter() - t0
+    if not models:
+        raise SfMError(
+            f"{image_dir}: SfM built no model from {len(names)} photos ({verified_pairs} verified pairs; "
+            f"{_log_tail(logfile) or 'see ' + str(logfile)})"
+        )
+    best_id, rec = max(models.items(), key=lambda kv: (kv[1].num_reg_images(), kv[1].num_points3D()))
+    registered = rec.num_reg_images()
+    if registered < n_min:
+        raise SfMError(
+            f"{image_dir}: only {registered} of {len(names)} photos registered in the largest SfM model "
+            f"(need {n_min}; {len(models)} model(s), {verified_pairs} verified pairs); the photos may not "
+            "overlap enough"
+        )
+    tmp = out_dir / "sparse" / ".0.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rec.write_binary(str(tmp))
+    shutil.rmtree(sparse, ignore_errors=True)
+    os.replace(tmp, sparse)
+    reg_names = {rec.image(i).name for i in rec.reg_image_ids()}
+    stats = {
+        "key": key,
+        "num_images": len(names),
+        "num_registered": registered,
+        "unregistered": [n for n in names if n not in reg_names],
+        "num_models": len(models),
+        "model": int(best_id),
+        "matcher": method,
+        "single_camera": single,
+        "num_features_mean": float(np.mean([num_features.get(n, 0) for n in names])),
+        "num_verified_pairs": verified_pairs,
+        "num_points3D": int(rec.num_points3D()),
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()),
+        **timings,
+        "seconds": sum(timings.values()),
+    }
+    stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+    log.info(
+        "SfM: %d/%d photos registered, %d points, %.2f px reprojection error, %.1f s",
+        registered, len(names), stats["num_points3D"], stats["mean_reprojection_error"], stats["seconds"],
+    )  # fmt: skip
+    return rec
+
+
+def read_sfm_stats(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """What :func:`run_sfm` recorded in ``out_dir/sfm.json`` (without the cache key)."""
+    d = json.loads((Path(out_dir) / "sfm.json").read_text())
+    d.pop("key", None)
+    return d
+
+
+def _feature_counts(database: Path) -> dict[str, int]:
+    db = pycolmap.Database.open(str(database))
+    try:
+        return {im.name: int(db.num_keypoints_for_image(im.image_id)) for im in db.read_all_images()}
+    finally:
+        db.close()
+
+
+# -- alignment -------------------------------------------------------------------------------------
+def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Sim3:
+    """The similarity minimising ``sum |scale R src_i + t - dst_i|^2`` (Umeyama 1991).
+
+    Args:
+        src, dst: corresponding points [N, 3], N >= 3 and not all on one line.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3:
+        raise SfMError(f"alignment: point sets have shapes {src.shape} and {dst.shape}, expected [N, 3] both")
+    if len(src) < 3:
+        raise SfMError(f"alignment: needs at least 3 corresponding camera centres, got {len(src)}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    var_s = (xs**2).sum() / len(src)
+    cov = xd.T @ xs / len(src)
+    U, D, Vt = np.linalg.svd(cov)
+    S = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        S[2, 2] = -1
+    if var_s < 1e-18 or D[1] < 1e-9 * max(D[0], 1e-300):
+        raise SfMError(
+            "alignment: the camera centres are (nearly) collinear or coincide; cannot fix a rotation"
+        )
+    R = U @ S @ Vt
+    scale = float(np.trace(np.diag(D) @ S) / var_s) if with_scale else 1.0
+    t = mu_d - scale * R @ mu_s
+    return Sim3(scale, R, t)
+
+
+def align_to_reference(
+    rec: pycolmap.Reconstruction,
+    splats: Splats | None,
+    reference_centres: dict[str, Sequence[float]],  # image name -> camera centre [3] in the reference frame
+) -> tuple[Sim3, pycolmap.Reconstruction, Splats | None]:
+    """Move a model (and splats in its frame) onto reference camera centres with a similarity.
+
+    Args:
+        rec: an SfM model (left unchanged).
+        splats: Gaussians in ``rec``'s frame, or None.
+        reference_centres: camera centres in the reference frame by image name; the images registered
+            in ``rec`` with a reference (at least 3, not collinear) fix the similarity.
+    Returns:
+        ``(sim3, aligned model copy, aligned splats or None)`` where ``sim3 = (scale, R, t)`` maps the
+        model frame to the reference frame, ``x_ref = scale R x + t``; the splats' rotations, SH and
+        log-scales follow (``splat_ops.transform``).
+    Raises:
+        SfMError: fewer than 3 registered images have a reference, or their centres are collinear.
+    """
+    src, dst, names = [], [], []
+    for image_id in rec.reg_image_ids():
+        im = rec.image(image_id)
+        if im.name in reference_centres:
+            src.append(np.asarray(im.projection_center(), np.float64))
+            dst.append(np.asarray(reference_centres[im.name], np.float64).reshape(3))
+            names.append(im.name)
+    if len(src) < 3:
+        raise SfMError(
+            f"alignment: only {len(src)} registered image(s) have a reference centre (need 3); do the "
+            f"reference names match the photo file names? (model has e.g. "
+            f"{rec.image(next(iter(rec.reg_image_ids()))).name!r}, reference has e.g. "
+            f"{next(iter(reference_centres), None)!r})"
+        )
+    sim3 = umeyama(np.stack(src), np.stack(dst))
+    out = pycolmap.Reconstruction(rec)
+    out.transform(sim3.to_pycolmap())
+    moved = None
+    if splats is not None:
+        moved = transform(splats, rotation=sim3.R, translation=sim3.t, scale=sim3.scale)
+    return sim3, out, moved
+
+
+def alignment_residuals(rec: pycolmap.Reconstruction, reference_centres: dict[str, Sequence[float]]) -> dict:
+    """Distances between the model's camera centres and the reference ones (same frame): rms, max, n."""
+    d = [
+        float(np.linalg.norm(np.asarray(rec.image(i).projection_center()) - np.asarray(reference_centres[n])))
+        for i in rec.reg_image_ids()
+        if (n := rec.image(i).name) in reference_centres
+    ]
+    if not d:
+        return {"n": 0, "rms": None, "max": None}
+    return {"n": len(d), "rms": float(np.sqrt(np.mean(np.square(d)))), "max": float(np.max(d))}
+
+
+__all__ = [
+    "MATCHERS", "SfMConfig", "Sim3", "align_to_reference", "alignment_residuals", "build_vocab_tree",
+    "choose_matcher", "colmap_log", "list_images", "read_sfm_stats", "run_sfm", "umeyama",
+]  # fmt: skip

@@ -1,0 +1,190 @@
+"""3DGS training: SSIM, the optimiser's edits, and a short CPU run on photos of the sample place."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pycolmap
+import pytest
+import torch
+
+from bench.bench_bootstrap import cached_capture
+from reconstruction.cameras import Camera, ImageEntry, build_model
+from reconstruction.errors import IDUError
+from reconstruction.render import render
+from reconstruction.splats import Splats
+from reconstruction.train import (
+    PRESETS,
+    _Gaussians,
+    evaluate,
+    init_splats,
+    load_views,
+    preset,
+    psnr,
+    scene_extent,
+    sky_splats,
+    split_views,
+    ssim,
+    train_splats,
+)
+
+from .test_sfm import CAPTURE
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    return cached_capture(tmp_path_factory.getbasetemp() / "bootstrap_capture", **CAPTURE)
+
+
+@pytest.fixture(scope="module")
+def gt_model(capture) -> pycolmap.Reconstruction:
+    """The capture's true cameras and points on the sample place's surfaces (as an SfM model would hold)."""
+    from bench.sample_scene import sample_splats
+    from reconstruction.splats import SH_C0
+
+    views = json.loads((capture / "gt.json").read_text())["views"]
+    entries = [ImageEntry.from_json(v) for v in views]
+    splats = sample_splats(0, density=1.0)
+    rng = np.random.default_rng(0)
+    keep = rng.choice(len(splats), 1500, replace=False)
+    colours = np.clip((0.5 + SH_C0 * splats.sh0[keep]) * 255, 0, 255)
+    return build_model(entries, splats.means[keep].astype(float), colours)
+
+
+def test_ssim_matches_its_definition():
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 50, 3, generator=rng)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    y = (x + 0.1 * torch.randn(40, 50, 3, generator=rng)).clamp(0, 1)
+    s = float(ssim(x, y))
+    assert 0.3 < s < 0.99
+    assert float(ssim(y, x)) == pytest.approx(s, abs=1e-6)
+    # constant images: SSIM reduces to the luminance term (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1)
+    a, b = torch.full((20, 20, 1), 0.2), torch.full((20, 20, 1), 0.6)
+    c1 = 0.01**2
+    assert float(ssim(a, b)) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1), rel=1e-4)
+    y.requires_grad_(True)
+    (1 - ssim(x, y)).backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+    assert psnr(torch.zeros(4, 4), torch.full((4, 4), 0.1)) == pytest.approx(20.0)
+
+
+def test_presets_and_schedules():
+    fast = preset("fast")
+    assert fast == PRESETS["fast"] and fast is not PRESETS["fast"]
+    longer = preset("fast", iterations=fast.iterations * 2, max_side=64)
+    assert longer.iterations == 2 * fast.iterations and longer.max_side == 64
+    assert longer.refine_start == 2 * fast.refine_start and longer.refine_every == 2 * fast.refine_every
+    assert longer.eval_every == 0  # "never" stays never
+    with pytest.raises(IDUError, match="preset 'nope'"):
+        preset("nope")
+    assert {"fast", "default"} <= set(PRESETS)
+
+
+def test_split_views_holds_out_every_kth():
+    views = list(range(17))
+    train, test = split_views(views, 8)
+    assert test == [0, 8, 16] and len(train) == 14
+    assert split_views(views, 0) == (views, [])
+
+
+def test_densification_edits_keep_optimizer_state_aligned():
+    n = 6
+    s = Splats.empty(n, sh_degree=1)
+    s.means = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    s.scales[:] = -2.0
+    g = _Gaussians(s, preset("fast"), 1.0, torch.device("cpu"))
+    loss = sum(p.sum() for p in g.params.values())
+    loss.backward()
+    g.step()  # Adam state exists now
+    g.duplicate(torch.tensor([1, 4]))
+    assert len(g) == 8
+    np.testing.assert_array_equal(g.params["means"].detach()[6:].numpy(), s.means[[1, 4]])
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[0, 7]] = True
+    before = g.params["scales"].detach()[7].clone()
+    g.split(mask, torch.Generator().manual_seed(0))
+    assert len(g) == 10
+    assert torch.allclose(g.params["scales"].detach()[-1], before - np.log(1.6))  # two children, 1/1.6 size
+    g.remove(torch.arange(10) < 3)
+    assert len(g) == 7
+    for name, p in g.params.items():
+        st = g.opt[name].state[p]
+        assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape, name
+        assert g.opt[name].param_groups[0]["params"][0] is p
+    g.reset_opacities(0.01)
+    assert float(torch.sigmoid(g.params["opacities"]).max()) <= 0.01 + 1e-6
+    # still trainable after the edits
+    sum(p.sum() for p in g.params.values()).backward()
+    g.step()
+
+
+def test_initial_splats_and_sky(capture, gt_model):
+    views = load_views(
+        sorted((e for e in _entries(gt_model)), key=lambda e: e.name), capture / "images", max_side=80
+    )
+    assert views[0].image.shape == (60, 80, 3) and views[0].camera.width == 80
+    cfg = dataclasses.replace(preset("fast"), sky_points=200)
+    extent = scene_extent(views)
+    s = init_splats(gt_model, views, cfg, extent)
+    assert len(s) > 1500 and s.sh_degree == cfg.sh_degree
+    sky = sky_splats(views, 200, 4 * extent, np.zeros(3))
+    assert 100 < len(sky) <= 260
+    assert np.allclose(np.linalg.norm(sky.means, axis=1), 4 * extent, rtol=1e-4)
+
+
+def _entries(rec):
+    from reconstruction.cameras import model_images
+
+    return model_images(rec)
+
+
+def test_training_lowers_the_loss_raises_psnr_and_densifies(capture, gt_model):
+    cfg = dataclasses.replace(
+        preset("fast", iterations=60),
+        max_side=96,
+        refine_start=20,
+        refine_every=20,
+        refine_stop=50,
+        sky_points=300,
+    )
+    splats, stats = train_splats(gt_model, capture / "images", cfg, progress=False)
+    assert isinstance(splats.means, np.ndarray) and splats.means.dtype == np.float32
+    assert splats.sh_degree == cfg.sh_degree
+    assert stats["loss_last"] < 0.85 * stats["loss_first"]
+    assert stats["num_gaussians"] > stats["initial_gaussians"]  # densification grew the model
+    assert sum(r["cloned"] + r["split"] for r in stats["refinements"]) > 0
+    assert stats["num_test_views"] == 2 and stats["image_size"] == [96, 72]
+    # held-out views got better than the initial Gaussians
+    views = load_views(_entries(gt_model), capture / "images", max_side=96)
+    train, test = split_views(views, cfg.holdout_every)
+    init = init_splats(gt_model, train, cfg, scene_extent(views))
+    before = evaluate(init, test)["psnr"]
+    assert stats["test_psnr"] > before + 1.0
+    assert stats["test_psnr"] > 16.0  # 60 steps at 96x72: a sanity floor; the gain above is the test
+    assert set(stats["test_views"]) == {v.name for v in test}
+
+
+def test_training_from_given_splats_and_a_distorted_camera(tmp_path):
+    """``init`` replaces the SfM points; photos of a SIMPLE_RADIAL camera are undistorted first."""
+    from PIL import Image
+
+    from bench.sample_scene import look_at, sample_splats
+
+    splats = sample_splats(4, density=0.12)
+    pin = Camera.pinhole(60.0, 60.0, 32.0, 24.0, 64, 48)
+    radial = Camera("SIMPLE_RADIAL", 64, 48, [60.0, 32.0, 24.0, 0.02])  # photos are undistorted first
+    entries = []
+    (tmp_path / "images").mkdir()
+    for i, a in enumerate(np.linspace(3.3, 4.3, 4)):
+        pose = look_at(np.array([4 * np.cos(a), 4 * np.sin(a), 1.5]), [0, 0, 0.4])
+        with torch.no_grad():
+            img = render(splats, pin, pose, background=(0.5, 0.6, 0.8)).rgb
+        Image.fromarray((img.clamp(0, 1) * 255).byte().numpy()).save(tmp_path / "images" / f"v{i}.png")
+        entries.append(ImageEntry(f"v{i}.png", radial, pose))
+    rec = build_model(entries, splats.means[:100].astype(float))
+    cfg = dataclasses.replace(preset("fast", iterations=8), refine_start=100, holdout_every=0, sh_degree=1)
+    out, stats = train_splats(rec, tmp_path / "images", cfg, init=splats, progress=False)
+    assert stats["initial_gaussians"] == len(splats) and stats["test_psnr"] is None
+    assert out.sh_degree == 1 and len(out) == len(splats)
+    assert stats["image_size"] == [64, 48]
