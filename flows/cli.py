@@ -110,6 +110,67 @@ def scene_import(
         )
 
 
+@scene_app.command("bootstrap")
+@command
+def scene_bootstrap(
+    images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR", help="Folder of photos of the place.")],
+    store: Annotated[Path, typer.Option(help="Store folder (created if missing).")],
+    name: Annotated[str, typer.Option(help="Scene name; an existing name gets a new version.")],
+    preset: Annotated[str, typer.Option(help="Training preset: fast|default|quality.")] = "default",
+    iterations: Annotated[
+        int | None, typer.Option(help="Training steps (the preset's schedule is stretched to fit).")
+    ] = None,
+    max_side: Annotated[int | None, typer.Option(help="Downscale photos to this longer side.")] = None,
+    trainer: Annotated[str, typer.Option(help="cpu-gsplat|nerfstudio (IDU_NERFSTUDIO_BIN).")] = "cpu-gsplat",
+    align_to: Annotated[
+        Path | None, typer.Option(help="Ground-truth JSON (benchmark gt.json): align to its cameras.")
+    ] = None,
+    json_out: JsonFlag = False,
+):
+    """Build a scene from photos alone: SfM (pycolmap) + 3DGS training -> a new version."""
+    from reconstruction.bootstrap import BootstrapConfig, bootstrap_scene
+    from reconstruction.store import SceneStore
+    from reconstruction.train import preset as train_preset
+
+    config = BootstrapConfig(
+        train=train_preset(preset, iterations=iterations, max_side=max_side),
+        trainer=trainer,
+        progress=not json_out and sys.stderr.isatty(),
+    )
+    if iterations is not None:
+        config.nerfstudio_iterations = iterations
+    scene = SceneStore(store).scene(name)
+    v = bootstrap_scene(images_dir, scene, config, align_to)
+    ver = scene.version(v)
+    meta = ver.meta
+    lin = meta.get("lineage", {})
+    sfm = lin.get("sfm", {})
+    psnr = meta.get("test_psnr")
+    typer.echo(
+        f"bootstrapped {scene.ref} version {v}: {sfm.get('num_registered')}/{sfm.get('num_images')} photos "
+        f"registered, {meta['num_gaussians']} Gaussians"
+        + (f", held-out PSNR {psnr:.2f} dB" if psnr is not None else ""),
+        err=True,
+    )
+    if json_out:
+        _emit(
+            {
+                "scene": scene.ref,
+                "version": v,
+                "num_gaussians": meta["num_gaussians"],
+                "num_images": sfm.get("num_images"),
+                "num_registered": sfm.get("num_registered"),
+                "unregistered": sfm.get("unregistered", []),
+                "num_points3D": meta.get("num_points3D"),
+                "test_psnr": psnr,
+                "test_ssim": meta.get("test_ssim"),
+                "trainer": lin.get("trainer"),
+                "seconds": lin.get("seconds"),
+                "alignment": lin.get("alignment"),
+            }
+        )
+
+
 @scene_app.command("info")
 @command
 def scene_info(ref: SceneRef, version: VersionOpt = None, json_out: JsonFlag = False):
@@ -268,6 +329,77 @@ def scene_export(
                 "bytes": out.stat().st_size,
             }
         )
+
+
+# -- idu bench -----------------------------------------------------------------------------------
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmark worlds with ground truth.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("world")
+@command
+def bench_world(
+    seed: Annotated[int, typer.Option(help="World seed: the same seed gives the same world.")],
+    out: Annotated[Path, typer.Option(help="World folder to write (a world already there is replaced).")],
+    size: Annotated[
+        str, typer.Option(help="small (30+6 views, 320x240) | medium (80+12 views, 640x480)")
+    ] = "small",
+    json_out: JsonFlag = False,
+):
+    """Generate a benchmark world: before/after captures, masks, meshes, gt.json, contact sheet."""
+    import time
+
+    from bench.worlds import generate_world
+
+    t0 = time.perf_counter()
+    world = generate_world(seed, out, size)
+    seconds = time.perf_counter() - t0
+    gt = json.loads((world / "gt.json").read_text())
+    nb, na = len(gt["before"]["images"]), len(gt["after"]["images"])
+    typer.echo(
+        f"world seed {seed} ({size}): {nb} before + {na} after views, {len(gt['changes'])} changes, "
+        f"person {'yes' if gt['person'] else 'no'}, {seconds:.1f} s -> {world}",
+        err=True,
+    )
+    if json_out:
+        _emit(
+            {
+                "world": str(world),
+                "seed": seed,
+                "size": size,
+                "generator_version": gt["generator_version"],
+                "num_before": nb,
+                "num_after": na,
+                "changes": [
+                    {"id": c["id"], "kind": c["kind"], "category": c["category"]} for c in gt["changes"]
+                ],
+                "person": gt["person"] is not None,
+                "contact_sheet": str(world / "contact_sheet.png"),
+                "seconds": round(seconds, 3),
+            }
+        )
+
+
+@bench_app.command("run")
+@command
+def bench_run(
+    world: Annotated[Path, typer.Argument(metavar="WORLD_DIR", help="A world made by `idu bench world`.")],
+    preset: Annotated[str, typer.Option(help="Bootstrap training preset: fast|default|quality.")] = "default",
+    iterations: Annotated[int | None, typer.Option(help="Override the preset's training steps.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Also run a baseline: full-rebuild.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    json_out: JsonFlag = False,
+):
+    """Judge every stage on a benchmark world (bootstrap cached per world); missing stages are listed."""
+    from bench.runner import format_table, run_benchmark
+
+    report = run_benchmark(world, preset, baseline, iterations)
+    typer.echo(format_table(report), err=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    if json_out:
+        _emit(report)
 
 
 if __name__ == "__main__":
