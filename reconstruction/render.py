@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._torch_rasterizer import render_torch
 from .cameras import Camera, Pose
-from .errors import RenderError
+from .errors import RenderError, SceneFormatError
 from .splats import FIELDS, Splats, num_sh_bases
 
 log = logging.getLogger(__name__)
@@ -183,21 +183,12 @@ def _splats_on(splats: Splats, device: torch.device) -> Splats:
 
 
 def _check_splats(sp: Splats) -> int:
-    n = int(sp.means.shape[0]) if sp.means.dim() >= 1 else -1
-    want = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 3)}
-    for name, shape in want.items():
-        got = tuple(getattr(sp, name).shape)
-        if got != shape:
-            raise RenderError(f"render: splats.{name} has shape {got}, expected {shape} (N = {n})")
-    shn = tuple(sp.shN.shape)
-    if len(shn) != 3 or shn[0] != n or shn[2] != 3 or shn[1] not in (0, 3, 8, 15):
-        raise RenderError(f"render: splats.shN has shape {shn}, expected ({n}, K, 3) with K in 0, 3, 8, 15")
-    for name in FIELDS:
-        if not bool(torch.isfinite(getattr(sp, name)).all()):
-            raise RenderError(f"render: splats.{name} holds NaN or Inf values")
-    if n and bool(((sp.quats * sp.quats).sum(-1) <= 1e-24).any()):
-        raise RenderError("render: splats.quats holds zero-length quaternions")
-    return n
+    try:
+        return len(sp.validate("render: splats"))
+    except (SceneFormatError, IndexError) as e:
+        raise RenderError(
+            str(e) if isinstance(e, SceneFormatError) else "render: splats.means is not [N, 3]"
+        ) from None
 
 
 def _viewmat(cam_from_world, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -95,9 +95,10 @@ class Splats:
             if got != shape:
                 raise SceneFormatError(f"{source}: {name} has shape {got}, expected {shape}")
         shn = tuple(self.shN.shape)
-        if len(shn) != 3 or shn[0] != n or shn[2] != 3:
-            raise SceneFormatError(f"{source}: shN has shape {shn}, expected ({n}, K, 3)")
-        self.sh_degree  # noqa: B018 - raises on a bad K
+        if len(shn) != 3 or shn[0] != n or shn[2] != 3 or shn[1] not in _K_TO_DEGREE:
+            raise SceneFormatError(
+                f"{source}: shN has shape {shn}, expected ({n}, K, 3) with K = 0, 3, 8 or 15 coefficients"
+            )
         return self
 
     def validate(self, source: str = "splats") -> Splats:
