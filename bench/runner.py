@@ -52,6 +52,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("reconstruction.merge", "Merge approved changes into a new scene version"),
 }
 BASELINES = ("full-rebuild",)
+BOOTSTRAP_POSES = ("known", "sfm")
 
 
 def cache_root() -> Path:
@@ -87,17 +88,26 @@ def _key(*parts: Any) -> str:
 
 
 def cached_bootstrap(
-    world: Path, gt: dict[str, Any], images: Path, config: BootstrapConfig, tag: str
+    world: Path, gt: dict[str, Any], images: Path, config: BootstrapConfig, tag: str, poses: str = "sfm"
 ) -> Scene:
-    """A scene bootstrapped from ``images`` and aligned to the world's ground truth, built once per
-    (world content, photos, config)."""
+    """A scene bootstrapped from ``images`` in the world's ground-truth frame, built once per (world
+    content, photos, config, poses).
+
+    ``poses``: ``known`` triangulates with the ground-truth before-cameras (later stages are then measured
+    without SfM's own error); ``sfm`` runs SfM and aligns it to the ground-truth centres (a similarity).
+    """
+    if poses not in BOOTSTRAP_POSES:
+        raise IDUError(f"--bootstrap-poses {poses}: expected one of {', '.join(BOOTSTRAP_POSES)}")
     gt_hash = hashlib.sha256((world / "gt.json").read_bytes()).hexdigest()
     photos = sorted(p.name for p in images.iterdir())
     key = _key(tag, gt["generator_version"], gt_hash, photos, dataclasses.asdict(config.train),
-               dataclasses.asdict(config.sfm), config.trainer)  # fmt: skip
-    scene = SceneStore(cache_root() / "bench" / "store").scene(f"{tag}-{key}")
+               dataclasses.asdict(config.sfm), config.trainer, poses)  # fmt: skip
+    scene = SceneStore(cache_root() / "bench" / "store").scene(f"{tag}-{poses}-{key}")
     if not scene.exists:
-        bootstrap_scene(images, scene, config, align_to=world / "gt.json")
+        if poses == "known":
+            bootstrap_scene(images, scene, config, poses=world / "gt.json")
+        else:
+            bootstrap_scene(images, scene, config, align_to=world / "gt.json")
     return scene
 
 
@@ -171,7 +181,7 @@ def _bootstrap_report(scene: Scene) -> dict[str, Any]:
 
 
 def run_benchmark(world: Path, preset_name: str = "default", baseline: str | None = None,
-                  iterations: int | None = None) -> dict[str, Any]:  # fmt: skip
+                  iterations: int | None = None, poses: str = "known") -> dict[str, Any]:  # fmt: skip
     world = Path(world)
     gt = load_world(world)
     if baseline is not None and baseline not in BASELINES:
@@ -185,11 +195,12 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
         "seed": gt.get("seed"),
         "size": gt.get("size"),
         "preset": preset_name,
+        "bootstrap_poses": poses,
         "after_split": {"update": update_names, "heldout": heldout},
         "stages": {},
     }
     t0 = time.perf_counter()
-    scene = cached_bootstrap(world, gt, world / "before" / "images", config, "before")
+    scene = cached_bootstrap(world, gt, world / "before" / "images", config, "before", poses)
     boot = _bootstrap_report(scene)
     boot["wall_seconds_this_run"] = time.perf_counter() - t0
     boot["unchanged_scene_on_heldout_after"] = evaluate_on_after(scene, world, gt, heldout)["mean"]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
-from .cameras import Pose, model_images
+from .cameras import Camera, Pose, model_images
 from .errors import IDUError, SceneFormatError, SfMError
 from .sfm import SfMConfig, align_to_reference, alignment_residuals, list_images, read_sfm_stats, run_sfm
 from .splats import Splats
@@ -86,6 +86,23 @@ def _views_of(doc: Any) -> list[dict]:
     return []
 
 
+def _read_reference(path: str | os.PathLike, option: str) -> tuple[Path, Any, list[dict]]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IDUError(f"{path}: ground-truth file does not exist ({option})") from None
+    except json.JSONDecodeError as e:
+        raise IDUError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    views = _views_of(doc)
+    for i, v in enumerate(views):
+        if not isinstance(v, dict) or "name" not in v or "cam_from_world" not in v:
+            raise IDUError(f"{path}: view {i} needs 'name' and 'cam_from_world'")
+    if not views:
+        raise IDUError(f"{path}: no views found (expected {{'views': [{{'name', 'cam_from_world'}}, ...]}})")
+    return path, doc, views
+
+
 def read_reference_centres(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Camera centres by image name from a ground-truth JSON.
 
@@ -93,33 +110,48 @@ def read_reference_centres(path: str | os.PathLike) -> dict[str, np.ndarray]:
     bench/README.md), ``{"views": [{"name", "cam_from_world": {"rotation_wxyz", "translation"}}, ...]}`` and
     a bare list of such views. A name given twice keeps its first pose.
     """
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise IDUError(f"{path}: ground-truth file does not exist (--align-to)") from None
-    except json.JSONDecodeError as e:
-        raise IDUError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    views = _views_of(doc)
+    path, _, views = _read_reference(path, "--align-to")
     out: dict[str, np.ndarray] = {}
-    for i, v in enumerate(views):
-        if not isinstance(v, dict) or "name" not in v or "cam_from_world" not in v:
-            raise IDUError(f"{path}: view {i} needs 'name' and 'cam_from_world'")
+    for v in views:
         name = Path(str(v["name"])).name
         if name not in out:
             out[name] = Pose.from_json(v["cam_from_world"], f"{path} view {name}").center()
-    if not out:
-        raise IDUError(f"{path}: no views found (expected {{'views': [{{'name', 'cam_from_world'}}, ...]}})")
+    return out
+
+
+def read_reference_poses(path: str | os.PathLike) -> dict[str, tuple[Pose, Camera]]:
+    """Known poses and intrinsics by image name (``--poses``), from the same files as
+    :func:`read_reference_centres`; each view's ``camera``, else the file's ``cameras.before`` (gt.json)."""
+    path, doc, views = _read_reference(path, "--poses")
+    shared = doc.get("cameras", {}).get("before") if isinstance(doc, dict) else None
+    out: dict[str, tuple[Pose, Camera]] = {}
+    for v in views:
+        name = Path(str(v["name"])).name
+        cam = v.get("camera", shared)
+        if cam is None:
+            raise IDUError(f"{path}: view {name} has no camera (and the file no cameras.before)")
+        if name not in out:
+            src = f"{path} view {name}"
+            out[name] = (Pose.from_json(v["cam_from_world"], src), Camera.from_json(cam, src))
     return out
 
 
 # -- work folder -----------------------------------------------------------------------------------
-def work_folder(scene: Scene, image_dir: Path, names: list[str], sfm: SfMConfig) -> Path:
-    """``<scene>/.work/bootstrap-<hash>``: the hash of the photos (names and contents) and the SfM config."""
+def work_folder(
+    scene: Scene,
+    image_dir: Path,
+    names: list[str],
+    sfm: SfMConfig,
+    known: dict[str, tuple[Pose, Camera]] | None = None,
+) -> Path:
+    """``<scene>/.work/bootstrap-<hash>``: the hash of the photos (names and contents), the SfM config and
+    the known poses if any."""
     h = hashlib.sha256()
     for n in names:
         h.update(n.encode() + b"\0" + file_sha256(image_dir / n).encode() + b"\0")
     h.update(json.dumps(dataclasses.asdict(sfm), sort_keys=True).encode())
+    if known is not None:
+        h.update(json.dumps({n: [p.to_json(), c.to_json()] for n, (p, c) in sorted(known.items())}).encode())
     return scene.root / ".work" / f"bootstrap-{h.hexdigest()[:16]}"
 
 
@@ -245,6 +277,7 @@ def bootstrap_scene(
     config: BootstrapConfig | None = None,
     align_to: str | os.PathLike | None = None,
     flow_run_id: str | None = None,
+    poses: str | os.PathLike | None = None,
 ) -> int:
     """Build a scene version from photos alone: SfM, training, optional alignment, ``add_version``.
 
@@ -256,6 +289,9 @@ def bootstrap_scene(
             the splats are moved into its frame with the similarity that best maps the SfM camera centres
             onto the ground-truth ones.
         flow_run_id: recorded in the version's meta when a flow runs this.
+        poses: a JSON of known poses and intrinsics by image name (:func:`read_reference_poses`): no SfM
+            mapping, points triangulated with those cameras fixed, the scene in their frame. Benchmarks use
+            it so that later stages are measured against ground truth without SfM's own error.
     Returns:
         The new version number.
     Raises:
@@ -269,17 +305,22 @@ def bootstrap_scene(
     names = list_images(image_dir)
     if not names:
         raise SfMError(f"{image_dir}: no photos (jpg, png, tif, bmp) in the folder")
+    if align_to is not None and poses is not None:
+        raise IDUError("--align-to and --poses exclude each other: known poses already fix the frame")
     reference = read_reference_centres(align_to) if align_to is not None else None
+    known = read_reference_poses(poses) if poses is not None else None
+    if known is not None and (unknown := [n for n in names if n not in known]):
+        raise IDUError(f"{poses}: no pose for {len(unknown)} photo(s) of {image_dir}, e.g. {unknown[0]}")
     if config.trainer == "nerfstudio":
         find_nerfstudio(config)  # fail before the long SfM
-    work = work_folder(scene, image_dir, names, config.sfm)
+    work = work_folder(scene, image_dir, names, config.sfm, known)
     work.mkdir(parents=True, exist_ok=True)
     log.info(
         "%s: bootstrapping from %d photos in %s (work folder %s)", scene.ref, len(names), image_dir, work
     )
 
     t0 = time.perf_counter()
-    rec = run_sfm(image_dir, work / "sfm", config.sfm, names)
+    rec = run_sfm(image_dir, work / "sfm", config.sfm, names, known)
     sfm_stats = read_sfm_stats(work / "sfm")
     sfm_seconds = time.perf_counter() - t0
 
@@ -318,6 +359,7 @@ def bootstrap_scene(
         "sfm": sfm_stats,
         "training": train_summary,
         "alignment": alignment,
+        "known_poses": None if poses is None else str(Path(poses).resolve()),
         "work": str(work),
         "seconds": {"sfm": sfm_seconds, "train": train_seconds},
     }
@@ -343,6 +385,6 @@ def bootstrap_scene(
 
 __all__ = [
     "NERFSTUDIO_ENV", "TRAINERS", "BootstrapConfig", "bootstrap_scene", "find_nerfstudio",
-    "nerfstudio_commands", "read_reference_centres", "train_nerfstudio", "work_folder",
-    "write_nerfstudio_dataset",
+    "nerfstudio_commands", "read_reference_centres", "read_reference_poses", "train_nerfstudio",
+    "work_folder", "write_nerfstudio_dataset",
 ]  # fmt: skip

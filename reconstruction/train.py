@@ -104,6 +104,12 @@ class TrainConfig:
     """Gaussians larger than this (times the scene extent) are removed (after the first opacity reset)."""
     max_gaussians: int = 1_000_000
     """Cap on the number of Gaussians: growth stops there (the highest gradients grow first)."""
+    appearance: bool = True
+    """Learn the camera's response along with the Gaussians: a radial vignetting shared by all photos and
+    a per-photo exposure / white balance (gain and offset per channel), as gsplat's and nerfstudio's
+    appearance models; the Gaussians then hold the place's colours at the photos' mean exposure."""
+    appearance_lr: float = 5e-3
+    """Learning rate of the camera-response parameters."""
     holdout_every: int = 8
     """Every this many-th photo (sorted by name) is held out for evaluation; 0: none."""
     eval_every: int = 0
@@ -502,6 +508,48 @@ class _Gaussians:
 
 
 # -- training ----------------------------------------------------------------------------------------
+class CameraResponse(torch.nn.Module):
+    """What a camera did to the light, learned with the Gaussians (``TrainConfig.appearance``).
+
+    ``photo = (rgb * exp(gain_i) + offset_i) * (1 + k1 r^2 + k2 r^4)``: per photo ``i`` a gain and an offset
+    per channel (exposure, white balance; centred over the photos, so the Gaussians keep the mean
+    exposure), and a radial vignetting per camera (``r``: distance to the principal point over the
+    half-diagonal). Photos without an index (held out) get the mean exposure and their camera's vignetting.
+    """
+
+    def __init__(self, num_photos: int, num_cameras: int = 1):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.zeros(num_photos, 3))
+        self.offset = torch.nn.Parameter(torch.zeros(num_photos, 3))
+        self.vignetting = torch.nn.Parameter(torch.zeros(num_cameras, 2))
+
+    def forward(self, rgb: Tensor, camera: Camera, photo: int | None = None, cam: int = 0) -> Tensor:
+        H, W = rgb.shape[:2]
+        K = camera.K()
+        y, x = torch.meshgrid(
+            torch.arange(H, device=rgb.device, dtype=rgb.dtype) + 0.5,
+            torch.arange(W, device=rgb.device, dtype=rgb.dtype) + 0.5,
+            indexing="ij",
+        )
+        r2 = ((x - float(K[0, 2])) ** 2 + (y - float(K[1, 2])) ** 2) / (0.25 * (W * W + H * H))
+        k = self.vignetting[cam]
+        out = rgb
+        if photo is not None:
+            gain = self.gain[photo] - self.gain.mean(0)
+            offset = self.offset[photo] - self.offset.mean(0)
+            out = out * torch.exp(gain) + offset
+        return out * (1 + k[0] * r2 + k[1] * r2 * r2)[..., None]
+
+    def summary(self) -> dict[str, Any]:
+        """Learned values, JSON-ready: vignetting [cameras][k1, k2], exposure in stops per photo."""
+        with torch.no_grad():
+            stops = (self.gain - self.gain.mean(0)).mean(1) / math.log(2.0)
+            return {
+                "vignetting": self.vignetting.detach().cpu().tolist(),
+                "exposure_stops": [round(float(x), 4) for x in stops.cpu()],
+            }
+
+
 def _progress(enabled: bool, total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -521,23 +569,42 @@ def _background(config: TrainConfig, gen: torch.Generator, device) -> Tensor:
     return torch.rand(3, generator=gen, device=device)
 
 
+def colour_correct(pred: Tensor, gt: Tensor) -> Tensor:
+    """``pred`` [H, W, 3] mapped by the affine colour transform (3x3 + offset) that best fits ``gt``
+    (least squares): the colour-corrected metrics of appearance-varying captures (gsplat's cc_psnr)."""
+    X = torch.cat([pred.reshape(-1, 3), torch.ones_like(pred.reshape(-1, 3)[:, :1])], 1).double()
+    A = torch.linalg.lstsq(X, gt.reshape(-1, 3).double()).solution
+    return (X @ A).float().reshape(pred.shape)
+
+
 @torch.no_grad()
 def evaluate(
-    splats: Splats, views: Sequence[View], background: Sequence[float] = (0.0, 0.0, 0.0), sh_degree=None
+    splats: Splats,
+    views: Sequence[View],
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    sh_degree=None,
+    response: CameraResponse | None = None,
 ) -> dict[str, Any]:
-    """PSNR and SSIM of renders against ``views`` (mean and per view)."""
+    """PSNR and SSIM of renders against ``views`` (mean and per view), and ``psnr_cc``: the PSNR after
+    the best affine colour transform per photo (a held-out photo's own exposure cannot be predicted).
+
+    ``response``: the learned camera response; held-out photos get its vignetting and mean exposure.
+    """
     per = {}
     for v in views:
         out = render(splats, v.camera, v.viewmat, background=list(background), sh_degree=sh_degree)
         gt = v.image.float() / 255.0
-        pred = out.rgb.clamp(0, 1)
-        per[v.name] = {"psnr": psnr(pred, gt), "ssim": float(ssim(pred, gt))}
+        pred = out.rgb if response is None else response(out.rgb, v.camera)
+        pred = pred.clamp(0, 1)
+        per[v.name] = {
+            "psnr": psnr(pred, gt),
+            "ssim": float(ssim(pred, gt)),
+            "psnr_cc": psnr(colour_correct(pred, gt).clamp(0, 1), gt),
+        }
     if not per:
-        return {"psnr": None, "ssim": None, "views": {}}
-    return {
-        "psnr": float(np.mean([p["psnr"] for p in per.values()])),
-        "ssim": float(np.mean([p["ssim"] for p in per.values()])),
-        "views": per,
+        return {"psnr": None, "ssim": None, "psnr_cc": None, "views": {}}
+    return {k: float(np.mean([p[k] for p in per.values()])) for k in ("psnr", "ssim", "psnr_cc")} | {
+        "views": per
     }
 
 
@@ -596,6 +663,10 @@ def train_splats(
         init.shN = init.shN[:, :k]
     g = _Gaussians(init, config, extent, device)
     n_init = len(g)
+    response = None
+    if config.appearance:
+        response = CameraResponse(len(train)).to(device)
+        response_opt = torch.optim.Adam(response.parameters(), lr=config.appearance_lr)
     gamma = (config.means_lr_final / config.means_lr) ** (1.0 / max(1, config.iterations))
     sched = torch.optim.lr_scheduler.ExponentialLR(g.opt["means"], gamma=gamma)
     W, H = train[0].camera.width, train[0].camera.height
@@ -617,16 +688,21 @@ def train_splats(
         for step in range(config.iterations):
             if not order:
                 order = torch.randperm(len(train), generator=cpu_gen).tolist()
-            view = train[order.pop()]
+            index = order.pop()
+            view = train[index]
             degree = min(step // max(1, config.sh_degree_interval), config.sh_degree)
             bg = _background(config, gen, device)
             info: dict[str, Any] = {}
             out = render(g.splats(), view.camera, view.viewmat, background=bg, sh_degree=degree, info=info)
             backend = out.backend
             gt = view.image.float() / 255.0
-            l1 = (out.rgb - gt).abs().mean()
-            loss = (1 - config.ssim_lambda) * l1 + config.ssim_lambda * (1 - ssim(out.rgb, gt))
+            pred = out.rgb if response is None else response(out.rgb, view.camera, index)
+            l1 = (pred - gt).abs().mean()
+            loss = (1 - config.ssim_lambda) * l1 + config.ssim_lambda * (1 - ssim(pred, gt))
             loss.backward()
+            if response is not None:
+                response_opt.step()
+                response_opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
 
             refining = step < config.refine_stop
@@ -650,7 +726,7 @@ def train_splats(
                 if s1 % config.reset_every == 0:
                     g.reset_opacities(2 * config.prune_opacity)
             if config.eval_every and s1 % config.eval_every == 0 and test and s1 < config.iterations:
-                ev = evaluate(g.splats(), test)
+                ev = evaluate(g.splats(), test, response=response)
                 evals.append({"step": s1, "psnr": ev["psnr"], "num_gaussians": len(g)})
                 log.info("step %d: held-out PSNR %.2f dB, %d Gaussians", s1, ev["psnr"], len(g))
             if s1 % 10 == 0 or s1 == config.iterations:
@@ -662,13 +738,14 @@ def train_splats(
                 )  # fmt: skip
     train_seconds = time.perf_counter() - t_start
     splats = g.splats().to_numpy()
-    test_ev = evaluate(splats.to_torch(device), test)
+    test_ev = evaluate(splats.to_torch(device), test, response=response)
     rng = np.random.default_rng(config.seed)
     sub = [train[i] for i in sorted(rng.choice(len(train), min(len(train), 8), replace=False))]
-    train_ev = evaluate(splats.to_torch(device), sub)
+    train_ev = evaluate(splats.to_torch(device), sub, response=response)
     stats = {
         "test_psnr": test_ev["psnr"],
         "test_ssim": test_ev["ssim"],
+        "test_psnr_cc": test_ev["psnr_cc"],
         "test_views": {k: round(v["psnr"], 3) for k, v in test_ev["views"].items()},
         "train_psnr": train_ev["psnr"],
         "num_train_views": len(train),
@@ -686,11 +763,13 @@ def train_splats(
         "device": str(device),
         "refinements": history,
         "evaluations": evals,
+        "camera_response": None if response is None else response.summary(),
     }
     log.info(
         "trained %d Gaussians in %.1f s (%.3f s/step); held-out PSNR %s, train PSNR %.2f dB",
         len(splats), train_seconds, stats["seconds_per_step"],
-        "n/a" if test_ev["psnr"] is None else f"{test_ev['psnr']:.2f} dB", train_ev["psnr"],
+        "n/a" if test_ev["psnr"] is None
+        else f"{test_ev['psnr']:.2f} dB ({test_ev['psnr_cc']:.2f} dB colour-corrected)", train_ev["psnr"],
     )  # fmt: skip
     return splats.validate("trained splats"), stats
 
@@ -734,6 +813,6 @@ def _refine(
 
 
 __all__ = [
-    "PRESETS", "TrainConfig", "View", "evaluate", "init_splats", "load_views", "preset", "psnr", "sky_splats",
-    "split_views", "ssim", "ssim_map", "train_splats",
+    "PRESETS", "CameraResponse", "TrainConfig", "View", "colour_correct", "evaluate", "init_splats",
+    "load_views", "preset", "psnr", "sky_splats", "split_views", "ssim", "ssim_map", "train_splats",
 ]  # fmt: skip

@@ -30,3 +30,12 @@ def store_with_scene(tmp_path, sample_dataset):
     scene = store.scene("s")
     import_scene(scene, sample_dataset, "colmap", sample_dataset / "splats.ply")
     return scene
+
+
+@pytest.fixture(scope="session")
+def bench_world():
+    """(world folder, before-scene): the small benchmark world (seed 0) and its scene bootstrapped with the
+    known before-cameras; generated once per generator version and cached (bench/fixtures.py)."""
+    from bench.fixtures import fixture_world_and_scene
+
+    return fixture_world_and_scene()

@@ -80,13 +80,14 @@ def test_sfm_resumes_and_reuses_a_finished_run(capture, tmp_path):
     assert new_log.count("Features for image were already extracted") == 10  # COLMAP skipped them
 
 
-def test_sfm_vocabulary_tree_matching(capture, tmp_path):
-    rec = run_sfm(
-        capture / "images", tmp_path / "sfm", SfMConfig(matcher="vocabtree", vocabtree_num_images=6)
-    )
+def test_sfm_vocabulary_tree_matching_and_incremental_mapping(capture, tmp_path):
+    cfg = SfMConfig(matcher="vocabtree", vocabtree_num_images=6, mapper="incremental")
+    rec = run_sfm(capture / "images", tmp_path / "sfm", cfg)
     assert (tmp_path / "sfm" / "vocab_tree.bin").is_file()
     assert read_sfm_stats(tmp_path / "sfm")["matcher"] == "vocabtree"
     assert rec.num_reg_images() >= 9
+    ref = read_reference_centres(capture / "gt.json")
+    assert alignment_residuals(align_to_reference(rec, None, ref)[1], ref)["median"] < 0.1
 
 
 def test_sfm_reports_how_many_photos_registered(capture, tmp_path):
@@ -116,6 +117,10 @@ def test_sfm_input_errors(tmp_path):
         run_sfm(tmp_path / "one", tmp_path / "out")
     with pytest.raises(SfMError, match="matcher 'magic'"):
         choose_matcher(5, SfMConfig(matcher="magic"))
+    (tmp_path / "one" / "b.png").unlink()
+    Image.new("RGB", (32, 32)).save(tmp_path / "one" / "c.png")
+    with pytest.raises(SfMError, match="mapper 'magic'"):
+        run_sfm(tmp_path / "one", tmp_path / "out", SfMConfig(mapper="magic", min_registered=2))
 
 
 def test_choose_matcher_by_image_count():
@@ -191,3 +196,46 @@ def test_alignment_needs_three_named_cameras():
     with pytest.raises(SfMError, match="only 2 registered image"):
         align_to_reference(rec, None, {"v0.png": [0, 0, 0], "v1.png": [1, 0, 0], "other.png": [0, 1, 0]})
     assert isinstance(Sim3(1.0, np.eye(3), np.zeros(3)).to_pycolmap(), pycolmap.Sim3d)
+
+
+def test_sfm_with_known_poses_triangulates_in_their_frame(capture, tmp_path):
+    """Known cameras are kept exactly; the points land where the photos say (reprojection < 1 px) and on
+    the sample place's surfaces."""
+    from reconstruction.bootstrap import read_reference_poses
+
+    known = read_reference_poses(capture / "gt.json")
+    shutil.copytree(capture / "sfm", tmp_path / "sfm", ignore=shutil.ignore_patterns("sparse", "sfm.json"))
+    rec = run_sfm(capture / "images", tmp_path / "sfm", known=known)
+    assert rec.num_reg_images() == 10 and rec.num_points3D() > 100
+    assert rec.compute_mean_reprojection_error() < 1.0
+    assert read_sfm_stats(tmp_path / "sfm")["mapper"] == "known-poses"
+    for e in model_images(rec):
+        pose, cam = known[e.name]
+        np.testing.assert_allclose(e.cam_from_world.matrix(), pose.matrix(), atol=1e-9)
+        assert e.camera == cam
+    # on the photographed surfaces: next to the Gaussians the photos were rendered from
+    from bench.sample_scene import sample_splats
+
+    xyz = torch.as_tensor(np.stack([p.xyz for p in rec.points3D.values()]), dtype=torch.float32)
+    means = torch.as_tensor(sample_splats(0, 1.0).means)
+    dist = torch.cat([torch.cdist(c, means).min(1).values for c in xyz.split(256)]).numpy()
+    assert np.median(dist) < 0.15 and np.percentile(dist, 80) < 0.3  # the Gaussians are ~7 cm apart
+    # a photo without a pose is refused before anything runs
+    known.pop("view_000.png")
+    with pytest.raises(SfMError, match="no known pose, e.g. view_000.png"):
+        run_sfm(capture / "images", tmp_path / "sfm2", known=known)
+
+
+def test_robust_alignment_ignores_a_misregistered_camera():
+    from reconstruction.sfm import robust_umeyama
+
+    rng = np.random.default_rng(4)
+    src = rng.normal(size=(12, 3)) * 3
+    true = _random_sim3(5)
+    dst = true.apply(src) + rng.normal(0, 1e-3, (12, 3))
+    dst[3] += [4.0, -2.0, 1.0]  # one camera far off
+    est, inl = robust_umeyama(src, dst)
+    assert not inl[3] and inl.sum() == 11
+    np.testing.assert_allclose(est.R, true.R, atol=1e-3)
+    assert est.scale == pytest.approx(true.scale, rel=1e-3)
+    assert umeyama(src, dst).scale != pytest.approx(true.scale, rel=1e-3)  # the plain fit is pulled away
