@@ -125,6 +125,10 @@ def scene_bootstrap(
     align_to: Annotated[
         Path | None, typer.Option(help="Ground-truth JSON (benchmark gt.json): align to its cameras.")
     ] = None,
+    poses: Annotated[
+        Path | None,
+        typer.Option(help="Known poses and intrinsics (gt.json or {views: [...]}): triangulate, no mapping."),
+    ] = None,
     json_out: JsonFlag = False,
 ):
     """Build a scene from photos alone: SfM (pycolmap) + 3DGS training -> a new version."""
@@ -140,7 +144,7 @@ def scene_bootstrap(
     if iterations is not None:
         config.nerfstudio_iterations = iterations
     scene = SceneStore(store).scene(name)
-    v = bootstrap_scene(images_dir, scene, config, align_to)
+    v = bootstrap_scene(images_dir, scene, config, align_to, poses=poses)
     ver = scene.version(v)
     meta = ver.meta
     lin = meta.get("lineage", {})
@@ -332,6 +336,36 @@ def scene_export(
 
 
 # -- idu bench -----------------------------------------------------------------------------------
+@app.command("register")
+@command
+def register(
+    ref: SceneRef,
+    images: Annotated[Path, typer.Option(help="Folder of new photos.")],
+    version: VersionOpt = None,
+    camera: Annotated[
+        str, typer.Option(help="auto|scene|exif|unknown: where the intrinsics come from.")
+    ] = "auto",
+    candidates: Annotated[int, typer.Option(help="Scene photos each new photo is matched against.")] = 12,
+    min_inliers: Annotated[int, typer.Option(help="Inlier 2D-3D matches a photo needs.")] = 30,
+    json_out: JsonFlag = False,
+):
+    """Register new photos against a scene version (poses only; the store is not changed)."""
+    from reconstruction.registration import RegistrationConfig, register_photos
+
+    config = RegistrationConfig(camera=camera, num_candidates=candidates, min_inliers=min_inliers)
+    scene = _scene(ref)
+    doc = register_photos(
+        scene.version(version), images, config, progress=not json_out and sys.stderr.isatty()
+    )
+    s = doc["summary"]
+    typer.echo(f"{s['registered']} registered, {s['rejected']} rejected in {s['seconds']:.1f} s", err=True)
+    for r in doc["images"]:
+        if r["status"] != "registered":
+            typer.echo(f"  {r['name']}: rejected ({r['reason']})", err=True)
+    if json_out:
+        _emit(doc)
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmark worlds with ground truth.")
 app.add_typer(bench_app, name="bench")
 
@@ -387,13 +421,17 @@ def bench_run(
     preset: Annotated[str, typer.Option(help="Bootstrap training preset: fast|default|quality.")] = "default",
     iterations: Annotated[int | None, typer.Option(help="Override the preset's training steps.")] = None,
     baseline: Annotated[str | None, typer.Option(help="Also run a baseline: full-rebuild.")] = None,
+    bootstrap_poses: Annotated[
+        str,
+        typer.Option(help="known: triangulate with the ground-truth before-cameras; sfm: SfM, then align."),
+    ] = "known",
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
     json_out: JsonFlag = False,
 ):
     """Judge every stage on a benchmark world (bootstrap cached per world); missing stages are listed."""
     from bench.runner import format_table, run_benchmark
 
-    report = run_benchmark(world, preset, baseline, iterations)
+    report = run_benchmark(world, preset, baseline, iterations, bootstrap_poses)
     typer.echo(format_table(report), err=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,668 @@
+"""Register new photos against an existing scene version, which never moves.
+
+Three steps, each a plain function over files and arrays (hloc's localisation recipe, with pycolmap):
+
+    index = scene_index(version)                        # once per scene version, kept with the store
+    photo = load_photo(path, config)                    # decoded, oriented, 8-bit, downscaled
+    result = register_photo(index, photo, config)      # retrieval -> matching -> 2D-3D -> pose -> gates
+
+:func:`register_photos` runs them over a folder with progress on stderr. Nothing in the store changes:
+the index lives in the scene's cache folder (``<scene>/.cache/registration/v<N>-<key>/``) and new
+photos' features are cached there by content hash.
+
+The index holds SIFT features of the scene's photos and their 3D points: the photos are matched among
+themselves and the points triangulated **with the version's cameras held fixed** (the SfM stage's
+known-poses path), so every keypoint that sees a point knows which one. A new photo is matched against its
+top-k scene photos by a global descriptor (a bag of visual words built from the scene's own descriptors;
+no pretrained vocabulary is needed), correspondences are gathered through the tracks, and
+``pycolmap.estimate_and_refine_absolute_pose`` (LO-RANSAC + refinement) gives its ``cam_from_world`` in
+the scene frame. Quality gates reject what cannot be trusted, with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycolmap
+import torch
+
+from .cameras import Camera, Pose, model_images
+from .errors import IDUError, SceneFormatError
+from .sfm import SfMConfig, colmap_log, run_sfm
+
+log = logging.getLogger(__name__)
+
+CAMERA_MODES = ("auto", "scene", "exif", "unknown")
+INDEX_VERSION = "idu-registration-index-1"
+
+
+@dataclass
+class RegistrationConfig:
+    """How new photos are registered (every threshold is a quality gate with its own reason)."""
+
+    max_image_size: int = 1600
+    """Photos are downscaled so that the longer side is at most this (features, matching, pose)."""
+    max_pixels: int = 150_000_000
+    """Photos with more pixels than this are refused before decoding (memory)."""
+    max_num_features: int = 8192
+    """SIFT features per photo (scene photos and new ones alike)."""
+    peak_threshold: float = 0.002
+    """SIFT detector threshold (COLMAP's default is 0.0067): low, for many features in small photos."""
+    num_candidates: int = 12
+    """Scene photos a new photo is matched against (top-k by retrieval)."""
+    ratio: float = 0.85
+    """Lowe's ratio test on descriptor distances (mutual nearest neighbours only)."""
+    camera: str = "auto"
+    """auto | scene | exif | unknown. scene: the scene's camera (scaled to the photo); exif: the EXIF focal
+    length as a prior, refined; unknown: focal length estimated per photo. auto: scene when the photo has a
+    scene camera's aspect and size class, else exif when present, else unknown."""
+    ransac_max_error: float = 6.0
+    """RANSAC inlier threshold in pixels (at the processing size)."""
+    min_inliers: int = 30
+    """Fewer inlier 2D-3D matches than this: rejected."""
+    min_inlier_ratio: float = 0.15
+    """Inliers over all 2D-3D matches below this: rejected (repeated textures, wrong retrieval)."""
+    max_reprojection_error: float = 2.0
+    """Mean reprojection error of the inliers above this (pixels): rejected."""
+    min_inlier_spread: float = 0.02
+    """Inliers covering less than this fraction of the photo (their bounding box): rejected."""
+    max_distance: float = 3.0
+    """Camera farther from the scene's centre than this many scene radii: rejected (outside the scene)."""
+    scene_matcher: str = "auto"
+    """How the scene's photos are matched among themselves for the index (the SfM stage's matchers)."""
+    vocabulary_size: int = 0
+    """Visual words of the retrieval vocabulary (0: from the number of scene descriptors)."""
+    seed: int = 0
+
+
+@dataclass
+class Photo:
+    """A new photo, decoded: ``gray`` [H, W] uint8 at the processing size, and where it came from."""
+
+    name: str
+    path: Path
+    gray: np.ndarray
+    width: int  # full size, after EXIF orientation
+    height: int
+    scale: float  # processing size / full size
+    sha256: str  # of the decoded, oriented pixels (duplicates; the feature cache key)
+    exif_focal_px: float | None
+
+
+@dataclass
+class Result:
+    """One photo's outcome; ``to_json`` is the ``idu register --json`` entry (DESIGN.md)."""
+
+    name: str
+    status: str  # registered | rejected
+    reason: str | None = None
+    cam_from_world: Pose | None = None
+    camera: Camera | None = None
+    num_inliers: int = 0
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "cam_from_world": None if self.cam_from_world is None else self.cam_from_world.to_json(),
+            "camera": None if self.camera is None else self.camera.to_json(),
+            "num_inliers": self.num_inliers,
+            "seconds": round(self.seconds, 3),
+            **self.details,
+        }
+
+
+# -- photos --------------------------------------------------------------------------------------------
+def _exif_focal_px(im, width: int, height: int) -> float | None:
+    try:
+        exif = im.getexif()
+        sub = exif.get_ifd(0x8769)
+    except Exception:
+        return None
+    f35 = sub.get(0xA405) or exif.get(0xA405)  # FocalLengthIn35mmFilm
+    if f35:
+        return float(f35) / 36.0 * max(width, height)
+    return None
+
+
+def load_photo(path: str | os.PathLike, config: RegistrationConfig | None = None) -> Photo:
+    """Decode a photo for registration: EXIF orientation applied, grayscale/RGBA/palette/16-bit turned into
+    8-bit, downscaled to ``max_image_size``.
+
+    Raises:
+        SceneFormatError: one line naming the file and the problem (empty, not an image, truncated,
+            too large).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    config = config or RegistrationConfig()
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise SceneFormatError(f"{path}: empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > config.max_pixels:
+                raise SceneFormatError(
+                    f"{path}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is more than the "
+                    f"{config.max_pixels / 1e6:.0f} MP limit"
+                )
+            if im.format == "JPEG":  # decode at a reduced size straight away (memory, speed)
+                im.draft("RGB", (config.max_image_size, config.max_image_size))
+            im.load()
+            exif_focal = _exif_focal_px(im, w, h)
+            try:
+                swapped = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
+            except Exception:
+                swapped = False
+            im = ImageOps.exif_transpose(im)
+            full_w, full_h = (h, w) if swapped else (w, h)
+            sha = hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest()
+            arr = _to_gray8(im)
+    except SceneFormatError:
+        raise
+    except UnidentifiedImageError:
+        raise SceneFormatError(f"{path}: not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SceneFormatError(f"{path}: corrupt or truncated image ({e})") from None
+    gray = Image.fromarray(arr)
+    s = min(1.0, config.max_image_size / max(full_w, full_h))
+    tw, th = max(1, round(full_w * s)), max(1, round(full_h * s))
+    if gray.size != (tw, th):
+        gray = gray.resize((tw, th), Image.Resampling.BILINEAR if s < 1 else Image.Resampling.BICUBIC)
+    return Photo(path.name, path, np.ascontiguousarray(np.asarray(gray)), full_w, full_h, tw / full_w, sha,
+                 exif_focal)  # fmt: skip
+
+
+def _to_gray8(im) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA").convert("RGB")
+    return np.asarray(im.convert("L"), np.uint8)
+
+
+# -- features -----------------------------------------------------------------------------------------
+def _sift(config: RegistrationConfig) -> pycolmap.Sift:
+    opts = pycolmap.FeatureExtractionOptions()
+    opts.max_image_size = config.max_image_size
+    opts.num_threads = 1
+    opts.sift.max_num_features = config.max_num_features
+    opts.sift.peak_threshold = config.peak_threshold
+    return pycolmap.Sift(opts, pycolmap.Device.cpu)
+
+
+def extract(
+    photo: Photo, config: RegistrationConfig, cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoints [N, 2] (pixel centres at +0.5, processing size) and L2-normalised descriptors
+    [N, 128] float32; cached by the photo's pixel hash and the settings."""
+    key = hashlib.sha256(
+        (
+            photo.sha256 + json.dumps([config.max_image_size, config.max_num_features, config.peak_threshold])
+        ).encode()
+    ).hexdigest()[:24]
+    f = None if cache is None else cache / f"{key}.npz"
+    if f is not None and f.is_file():
+        d = np.load(f)
+        return d["xy"], d["desc"].astype(np.float32)
+    kp, desc = _sift(config).extract(np.ascontiguousarray(photo.gray))
+    xy = np.asarray(kp, np.float32)[:, :2].copy()
+    desc = _l2(np.asarray(desc, np.float32))
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, xy=xy, desc=desc.astype(np.float16))
+        os.replace(tmp, f)
+    return xy, desc
+
+
+def _l2(d: np.ndarray) -> np.ndarray:
+    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+
+
+def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float = 0.8) -> np.ndarray:
+    """Mutual nearest neighbours passing Lowe's ratio test: [M, 2] index pairs (a, b).
+
+    ``a`` [N, D], ``b`` [M, D]: L2-normalised descriptors.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), np.int64)
+    ta, tb = (
+        torch.from_numpy(np.ascontiguousarray(a, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(b, np.float32)),
+    )
+    sim = ta @ tb.T
+    top2 = sim.topk(2, dim=1)
+    d1 = torch.sqrt(torch.clamp(2 - 2 * top2.values[:, 0], min=0))
+    d2 = torch.sqrt(torch.clamp(2 - 2 * top2.values[:, 1], min=0))
+    nn_ab = top2.indices[:, 0]
+    nn_ba = sim.argmax(0)
+    ok = (d1 < ratio * d2) & (nn_ba[nn_ab] == torch.arange(len(a)))
+    i = torch.nonzero(ok).squeeze(1)
+    return torch.stack([i, nn_ab[i]], 1).numpy().astype(np.int64)
+
+
+# -- the scene index ------------------------------------------------------------------------------------
+@dataclass
+class SceneIndex:
+    """Features, tracks and retrieval vocabulary of one scene version (see the module docstring)."""
+
+    names: list[str]
+    cameras: list[Camera]  # per scene photo
+    poses: list[Pose]
+    xy: list[np.ndarray]  # per photo [Ni, 2], pixel coordinates of the photo's camera
+    desc: list[np.ndarray]  # per photo [Ni, 128] float32, L2-normalised
+    point_ids: list[np.ndarray]  # per photo [Ni] index into ``points`` or -1
+    points: np.ndarray  # [P, 3] in the scene frame
+    vocabulary: np.ndarray  # [K, 128]
+    idf: np.ndarray  # [K]
+    bow: np.ndarray  # [num photos, K] tf-idf, L2-normalised
+    centre: np.ndarray  # [3]
+    radius: float
+    path: Path | None = None
+
+    def bag_of_words(self, desc: np.ndarray) -> np.ndarray:
+        """tf-idf histogram [K] (L2-normalised) of descriptors [N, 128] over the vocabulary."""
+        return _bow(desc, self.vocabulary, self.idf)
+
+    def retrieve(self, desc: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` scene photos most similar to descriptors [N, 128]: (index, score), best first."""
+        s = self.bow @ self.bag_of_words(desc)
+        order = np.argsort(-s, kind="stable")[: max(1, k)]
+        return [(int(i), float(s[i])) for i in order]
+
+
+def _assign(desc: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(desc, np.float32))
+    v = torch.from_numpy(np.ascontiguousarray(vocab, np.float32))
+    return torch.cat([(c @ v.T).argmax(1) for c in t.split(8192)]).numpy()
+
+
+def _bow(desc: np.ndarray, vocab: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    h = (
+        np.bincount(_assign(desc, vocab), minlength=len(vocab)).astype(np.float64)
+        if len(desc)
+        else np.zeros(len(vocab))
+    )
+    h = h * idf
+    return (h / max(np.linalg.norm(h), 1e-12)).astype(np.float32)
+
+
+def build_vocabulary(
+    descs: Sequence[np.ndarray], size: int = 0, seed: int = 0, iterations: int = 10
+) -> np.ndarray:
+    """Visual words [K, 128] (spherical k-means on a subsample of the scene's descriptors)."""
+    alld = np.concatenate([d for d in descs if len(d)]) if descs else np.zeros((0, 128), np.float32)
+    if len(alld) < 16:
+        raise IDUError(f"only {len(alld)} SIFT descriptors in the scene's photos: too few to index them")
+    k = size or int(np.clip(2 ** round(math.log2(max(len(alld) / 60, 1))), 64, 4096))
+    k = min(k, len(alld))
+    rng = np.random.default_rng(seed)
+    sample = alld[rng.choice(len(alld), min(len(alld), 200 * k, 200_000), replace=False)]
+    x = torch.from_numpy(np.ascontiguousarray(sample, np.float32))
+    c = x[torch.from_numpy(rng.choice(len(x), k, replace=False))].clone()
+    for _ in range(iterations):
+        a = torch.cat([(p @ c.T).argmax(1) for p in x.split(8192)])
+        s = torch.zeros_like(c).index_add_(0, a, x)
+        empty = s.norm(dim=1) < 1e-9
+        if empty.any():  # restart empty words on random descriptors
+            s[empty] = x[torch.from_numpy(rng.choice(len(x), int(empty.sum()), replace=False))]
+        c = torch.nn.functional.normalize(s, dim=1)
+    return c.numpy()
+
+
+def _scene_sfm(config: RegistrationConfig) -> SfMConfig:
+    """SfM settings for the scene's photos: the same SIFT as the new photos get."""
+    return SfMConfig(
+        max_image_size=config.max_image_size, max_num_features=config.max_num_features,
+        peak_threshold=config.peak_threshold, matcher=config.scene_matcher, seed=config.seed,
+    )  # fmt: skip
+
+
+def _index_key(version, config: RegistrationConfig) -> str:
+    h = hashlib.sha256()
+    h.update(INDEX_VERSION.encode())
+    h.update((version.path / "images.json").read_bytes())
+    settings = [asdict(_scene_sfm(config)), config.vocabulary_size, config.seed, config.max_image_size,
+                config.max_num_features, config.peak_threshold]  # fmt: skip
+    h.update(json.dumps(settings).encode())
+    return h.hexdigest()[:16]
+
+
+def scene_index(version, config: RegistrationConfig | None = None, progress: bool = False) -> SceneIndex:
+    """The registration index of a scene version, built once and kept in the scene's cache folder.
+
+    Args:
+        version: a :class:`reconstruction.store.SceneVersion` whose photos are in the store.
+    Raises:
+        IDUError: the version has no photos in the store, or too few features to index.
+    """
+    config = config or RegistrationConfig()
+    key = _index_key(version, config)
+    folder = version.scene.root / ".cache" / "registration" / f"v{version.number}-{key}"
+    f = folder / "index.npz"
+    if f.is_file():
+        return _read_index(f)
+    stored = version.images()
+    missing = [im.entry.name for im in stored if not im.file or not (version.scene.root / im.file).is_file()]
+    if missing or not stored:
+        raise IDUError(
+            f"{version.scene.ref} v{version.number}: registration needs the scene's photos in the store, but "
+            f"{len(missing) or 'all'} are missing (e.g. {missing[0] if missing else 'no images'})"
+        )
+    work = folder / "sfm"
+    photos = folder / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for im in stored:  # the SfM stage reads photos by name: link them from the pool
+        link = photos / im.entry.name
+        if not link.exists():
+            os.symlink(os.path.relpath(version.scene.root / im.file, photos), link)
+    known = {im.entry.name: (im.entry.cam_from_world, im.entry.camera) for im in stored}
+    sfm_cfg = _scene_sfm(config)
+    log.info("%s v%d: building the registration index (%d photos, once per version)", version.scene.ref,
+             version.number, len(stored))  # fmt: skip
+    t0 = time.perf_counter()
+    rec = run_sfm(photos, work, sfm_cfg, sorted(known), known)
+    db = pycolmap.Database.open(str(work / "database.db"))
+    try:
+        by_name = {im.name: im for im in db.read_all_images()}
+        names, cams, poses, xys, descs, pids = [], [], [], [], [], []
+        point_index: dict[int, int] = {}
+        pts: list[np.ndarray] = []
+        for e in model_images(rec):
+            dbim = by_name[e.name]
+            kp = np.asarray(db.read_keypoints(dbim.image_id), np.float32)[:, :2]
+            d = _l2(np.asarray(db.read_descriptors(dbim.image_id).data, np.float32))
+            im = rec.image(dbim.image_id)
+            ids = np.full(len(kp), -1, np.int64)
+            for j, p2 in enumerate(im.points2D):
+                if j < len(ids) and p2.has_point3D():
+                    pid = int(p2.point3D_id)
+                    if pid not in point_index:
+                        point_index[pid] = len(pts)
+                        pts.append(np.asarray(rec.point3D(pid).xyz, np.float64))
+                    ids[j] = point_index[pid]
+            names.append(e.name)
+            cams.append(e.camera)
+            poses.append(e.cam_from_world)
+            xys.append(kp)
+            descs.append(d)
+            pids.append(ids)
+    finally:
+        db.close()
+    points = np.stack(pts) if pts else np.zeros((0, 3))
+    vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
+    words = [np.unique(_assign(d, vocab)) if len(d) else np.zeros(0, np.int64) for d in descs]
+    df = np.zeros(len(vocab))
+    for w in words:
+        df[w] += 1
+    idf = np.log((len(descs) + 1) / (df + 1)).astype(np.float32) + 1e-3
+    bow = np.stack([_bow(d, vocab, idf) for d in descs])
+    centres = np.stack([p.center() for p in poses])
+    sample = np.concatenate([centres, points]) if len(points) else centres
+    centre = np.median(sample, 0)
+    radius = float(np.percentile(np.linalg.norm(sample - centre, axis=1), 90)) or 1.0
+    index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f)
+    _write_index(index, f)
+    log.info("registration index: %d photos, %d points, %d visual words in %.1f s", len(names), len(points),
+             len(vocab), time.perf_counter() - t0)  # fmt: skip
+    return index
+
+
+def _write_index(index: SceneIndex, f: Path) -> None:
+    arrays: dict[str, Any] = {
+        "meta": np.frombuffer(json.dumps({
+            "format": INDEX_VERSION, "names": index.names, "cameras": [c.to_json() for c in index.cameras],
+            "poses": [p.to_json() for p in index.poses], "radius": index.radius,
+        }).encode(), np.uint8),
+        "points": index.points, "vocabulary": index.vocabulary, "idf": index.idf, "bow": index.bow,
+        "centre": index.centre,
+        "counts": np.array([len(x) for x in index.xy], np.int64),
+        "xy": np.concatenate(index.xy) if index.xy else np.zeros((0, 2), np.float32),
+        "desc": (np.concatenate(index.desc) if index.desc else np.zeros((0, 128))).astype(np.float16),
+        "point_ids": np.concatenate(index.point_ids) if index.point_ids else np.zeros(0, np.int64),
+    }  # fmt: skip
+    tmp = f.with_name(f".index.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, f)
+
+
+def _read_index(f: Path) -> SceneIndex:
+    d = np.load(f)
+    meta = json.loads(bytes(d["meta"]).decode())
+    if meta.get("format") != INDEX_VERSION:
+        raise IDUError(f"{f}: registration index format {meta.get('format')!r}; delete the folder to rebuild")
+    splits = np.cumsum(d["counts"])[:-1]
+    desc = d["desc"].astype(np.float32)
+    return SceneIndex(
+        meta["names"], [Camera.from_json(c) for c in meta["cameras"]],
+        [Pose.from_json(p) for p in meta["poses"]], np.split(d["xy"], splits), np.split(desc, splits),
+        np.split(d["point_ids"], splits), d["points"], d["vocabulary"], d["idf"], d["bow"], d["centre"],
+        float(meta["radius"]), f,
+    )  # fmt: skip
+
+
+# -- one photo -----------------------------------------------------------------------------------------
+def _initial_camera(photo: Photo, index: SceneIndex, config: RegistrationConfig) -> tuple[Camera, str, bool]:
+    """(camera at the processing size, how it was chosen, whether its focal length is estimated)."""
+    w, h = photo.gray.shape[1], photo.gray.shape[0]
+    mode = config.camera
+    if mode not in CAMERA_MODES:
+        raise IDUError(f"camera mode {mode!r}: expected one of {', '.join(CAMERA_MODES)}")
+    same = [c for c in index.cameras if abs(c.width / c.height - photo.width / photo.height) < 0.01]
+    if mode == "scene" or (mode == "auto" and same):
+        src = (same or index.cameras)[0]
+        return src.scaled(w / src.width), "scene", False
+    if mode == "exif" or (mode == "auto" and photo.exif_focal_px):
+        if photo.exif_focal_px is None:
+            raise IDUError(f"{photo.path}: --camera exif, but the photo has no EXIF focal length")
+        f = photo.exif_focal_px * photo.scale
+        return Camera("SIMPLE_RADIAL", w, h, [f, w / 2, h / 2, 0.0]), "exif", True
+    f = 1.2 * max(w, h)
+    return Camera("SIMPLE_RADIAL", w, h, [f, w / 2, h / 2, 0.0]), "unknown", True
+
+
+def register_photo(
+    index: SceneIndex, photo: Photo, config: RegistrationConfig | None = None, cache: Path | None = None
+) -> Result:
+    """Pose of one decoded photo in the scene frame, or a rejection with its reason (never raises for a
+    photo that merely does not fit the scene)."""
+    config = config or RegistrationConfig()
+    t0 = time.perf_counter()
+    xy, desc = extract(photo, config, cache)
+    if len(xy) < config.min_inliers:
+        return Result(photo.name, "rejected", f"only {len(xy)} SIFT features (need {config.min_inliers})",
+                      seconds=time.perf_counter() - t0)  # fmt: skip
+    cands = index.retrieve(desc, config.num_candidates)
+    votes: dict[int, dict[int, int]] = {}
+    num_matches = 0
+    for i, _ in cands:
+        m = match_descriptors(desc, index.desc[i], config.ratio)
+        num_matches += len(m)
+        pid = index.point_ids[i][m[:, 1]]
+        for q, p in zip(m[pid >= 0, 0], pid[pid >= 0], strict=True):
+            votes.setdefault(int(q), {}).setdefault(int(p), 0)
+            votes[int(q)][int(p)] += 1
+    q_idx = np.array(sorted(votes), np.int64)
+    p_idx = np.array([max(votes[q].items(), key=lambda kv: kv[1])[0] for q in q_idx], np.int64)
+    details: dict[str, Any] = {
+        "retrieved": [index.names[i] for i, _ in cands],
+        "num_matches": num_matches,
+        "num_correspondences": len(q_idx),
+    }
+    camera, how, estimate_focal = _initial_camera(photo, index, config)
+    details["camera_source"] = how
+
+    def reject(reason: str, **extra) -> Result:
+        return Result(photo.name, "rejected", reason, num_inliers=extra.pop("num_inliers", 0),
+                      seconds=time.perf_counter() - t0, details={**details, **extra})  # fmt: skip
+
+    if len(q_idx) < config.min_inliers:
+        return reject(f"only {len(q_idx)} 2D-3D matches with the scene (need {config.min_inliers})")
+    pts2 = xy[q_idx].astype(np.float64)
+    pts3 = index.points[p_idx]
+    est = pycolmap.AbsolutePoseEstimationOptions()
+    est.estimate_focal_length = estimate_focal
+    est.ransac.max_error = config.ransac_max_error
+    est.ransac.random_seed = config.seed
+    ref = pycolmap.AbsolutePoseRefinementOptions()
+    ref.refine_focal_length = estimate_focal
+    ref.refine_extra_params = estimate_focal
+    pc = camera.to_pycolmap()
+    with colmap_log(Path(os.devnull)):
+        out = pycolmap.estimate_and_refine_absolute_pose(pts2, pts3, pc, est, ref)
+    if out is None:
+        return reject(f"no pose found from {len(q_idx)} 2D-3D matches (RANSAC failed)")
+    inl = np.asarray(out["inlier_mask"], bool)
+    n_in = int(inl.sum())
+    pose = Pose.from_pycolmap(out["cam_from_world"])
+    if estimate_focal:
+        camera = Camera.from_pycolmap(pc)
+    proj, depth = _project(camera, pose, pts3[inl])
+    err = np.linalg.norm(proj - pts2[inl], axis=1) if n_in else np.zeros(0)
+    ratio = n_in / max(1, len(q_idx))
+    lo, hi = (pts2[inl].min(0), pts2[inl].max(0)) if n_in else (np.zeros(2), np.zeros(2))
+    spread = float(np.prod(hi - lo) / (photo.gray.shape[0] * photo.gray.shape[1]))
+    dist = float(np.linalg.norm(pose.center() - index.centre) / index.radius)
+    extra = {
+        "num_inliers": n_in,
+        "inlier_ratio": round(ratio, 4),
+        "reprojection_error": round(float(err.mean()) if n_in else float("nan"), 4),
+        "inlier_spread": round(spread, 4),
+        "distance_in_scene_radii": round(dist, 3),
+    }
+    if n_in < config.min_inliers:
+        return reject(f"only {n_in} inlier 2D-3D matches (need {config.min_inliers})", **extra)
+    if ratio < config.min_inlier_ratio:
+        return reject(f"inlier ratio {ratio:.2f} of {len(q_idx)} 2D-3D matches is below "
+                      f"{config.min_inlier_ratio:.2f}", **extra)  # fmt: skip
+    if err.mean() > config.max_reprojection_error:
+        limit = config.max_reprojection_error
+        return reject(f"reprojection error {err.mean():.2f} px is above {limit:.2f} px", **extra)
+    if spread < config.min_inlier_spread:
+        return reject(f"inliers cover only {100 * spread:.1f}% of the photo (need "
+                      f"{100 * config.min_inlier_spread:.0f}%)", **extra)  # fmt: skip
+    if dist > config.max_distance or (n_in and float(np.median(depth)) <= 0):
+        return reject(f"pose is outside the scene ({dist:.1f} scene radii from its centre, limit "
+                      f"{config.max_distance:g})", **extra)  # fmt: skip
+    full = Camera.from_pycolmap(_rescaled(camera, photo.width, photo.height))
+    details.update(extra)
+    details.pop("num_inliers")
+    return Result(photo.name, "registered", None, pose, full, n_in, time.perf_counter() - t0, details)
+
+
+def _rescaled(camera: Camera, width: int, height: int) -> pycolmap.Camera:
+    pc = camera.to_pycolmap()
+    if (pc.width, pc.height) != (width, height):
+        pc.rescale(width, height)
+    return pc
+
+
+def _project(camera: Camera, pose: Pose, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(X) == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    M = pose.matrix()
+    pc = X @ M[:3, :3].T + M[:3, 3]
+    uv = np.asarray(camera.to_pycolmap().img_from_cam(np.ascontiguousarray(pc), check_cheirality=False))
+    return uv, pc[:, 2]
+
+
+# -- a folder ------------------------------------------------------------------------------------------
+def list_photos(folder: str | os.PathLike) -> list[Path]:
+    """Files in ``folder`` to register (every regular file that is not hidden: non-images are rejected
+    with a reason rather than silently skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IDUError(f"{folder}: photo folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise IDUError(f"{folder}: no photos in the folder")
+    return files
+
+
+def register_photos(
+    version,
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    config: RegistrationConfig | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Register every photo of a folder (or a list of files) against a scene version.
+
+    Returns:
+        ``{"scene", "version", "images": [Result.to_json()], "summary": {...}}`` (the ``idu register
+        --json`` document). The store is not changed; the index and the photos' features are cached.
+    """
+    config = config or RegistrationConfig()
+    files = list_photos(images) if isinstance(images, str | os.PathLike) else [Path(p) for p in images]
+    t0 = time.perf_counter()
+    index = scene_index(version, config)
+    index_s = time.perf_counter() - t0
+    cache = version.scene.root / ".cache" / "registration" / "photos"
+    results: list[Result] = []
+    seen: dict[str, str] = {}
+    with _progress(progress, len(files)) as bar:
+        task = bar.add_task("register", total=len(files), info="")
+        for p in files:
+            t = time.perf_counter()
+            try:
+                photo = load_photo(p, config)
+            except (SceneFormatError, OSError) as e:
+                reason = str(e).split(": ", 1)[-1] if str(e).startswith(str(p)) else str(e)
+                results.append(Result(p.name, "rejected", reason, seconds=time.perf_counter() - t))
+            else:
+                if photo.sha256 in seen:
+                    results.append(Result(p.name, "rejected", f"duplicate of {seen[photo.sha256]}",
+                                          seconds=time.perf_counter() - t))  # fmt: skip
+                else:
+                    seen[photo.sha256] = p.name
+                    results.append(register_photo(index, photo, config, cache))
+            r = results[-1]
+            bar.update(task, advance=1, info=f"{p.name}: {r.status}")
+            log.info("%s: %s%s", p.name, r.status, f" ({r.reason})" if r.reason else
+                     f" ({r.num_inliers} inliers, {r.seconds:.1f} s)")  # fmt: skip
+    n_reg = sum(r.status == "registered" for r in results)
+    return {
+        "scene": version.scene.ref,
+        "version": version.number,
+        "images": [r.to_json() for r in results],
+        "summary": {
+            "registered": n_reg,
+            "rejected": len(results) - n_reg,
+            "index_seconds": round(index_s, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    }
+
+
+def _progress(enabled: bool, total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("registering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=Console(file=sys.stderr), disable=not enabled,
+    )  # fmt: skip
+
+
+__all__ = [
+    "CAMERA_MODES", "Photo", "RegistrationConfig", "Result", "SceneIndex", "build_vocabulary", "extract",
+    "list_photos", "load_photo", "match_descriptors", "register_photo", "register_photos", "scene_index",
+]  # fmt: skip

@@ -1,0 +1,198 @@
+"""Registration of new photos against the fixture world's scene: accuracy, camera inputs, gates, bad files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bench.fixtures import FIXTURE_SEED, render_world_view
+from reconstruction.cameras import Camera, Pose
+from reconstruction.errors import IDUError, SceneFormatError
+from reconstruction.registration import (
+    RegistrationConfig,
+    build_vocabulary,
+    load_photo,
+    match_descriptors,
+    register_photos,
+    scene_index,
+)
+
+
+def _rot_deg(a: Pose, b: Pose) -> float:
+    R = a.matrix()[:3, :3] @ b.matrix()[:3, :3].T
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+
+
+@pytest.fixture(scope="module")
+def new_view(bench_world, tmp_path_factory):
+    """A photo of the unchanged place from a pose between two before-views, 30 cm higher, one stop
+    brighter, rendered by the world's own renderer; and its true pose."""
+    world, _ = bench_world
+    gt = json.loads((world / "gt.json").read_text())
+    cam = Camera.from_json(gt["cameras"]["before"])
+    a, b = (Pose.from_json(gt["before"]["images"][i]["cam_from_world"]) for i in (5, 6))
+    c = 0.5 * (a.center() + b.center()) + np.array([0.0, 0.0, 0.3])
+    R = a.matrix()[:3, :3]
+    pose = Pose.from_matrix(np.block([[R, (-R @ c)[:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]))
+    img = render_world_view(FIXTURE_SEED, pose, cam, exposure_stops=1.0)
+    folder = tmp_path_factory.mktemp("new_view")
+    Image.fromarray(img).save(folder / "new.png")
+    return folder / "new.png", pose, cam
+
+
+def _snapshot(scene):
+    return sorted((p.relative_to(scene.root).as_posix(), p.stat().st_mtime_ns)
+                  for p in scene.root.rglob("*") if ".cache" not in p.parts)  # fmt: skip
+
+
+def test_a_new_view_registers_in_the_scene_frame(bench_world, new_view, tmp_path):
+    world, scene = bench_world
+    path, truth, cam = new_view
+    before = _snapshot(scene)
+    doc = register_photos(scene.version(), path.parent)
+    assert doc["scene"] == scene.ref and doc["version"] == 1
+    (r,) = doc["images"]
+    assert r["status"] == "registered" and r["reason"] is None, r
+    pose = Pose.from_json(r["cam_from_world"])
+    assert _rot_deg(pose, truth) < 0.2
+    assert np.linalg.norm(pose.center() - truth.center()) < 0.05  # metres; the place is ~30 m across
+    assert r["camera"] == cam.to_json() and r["camera_source"] == "scene"
+    assert r["num_inliers"] >= 30 and r["inlier_ratio"] > 0.2 and r["reprojection_error"] < 2.0
+    assert _snapshot(scene) == before  # the store is not changed (the cache aside)
+    # the index is built once per version and reused
+    index = scene_index(scene.version())
+    mtime = index.path.stat().st_mtime_ns
+    assert scene_index(scene.version()).path.stat().st_mtime_ns == mtime
+
+
+def test_camera_inputs_orientation_grey_rgba_16bit_and_unknown_focal(new_view, bench_world, tmp_path):
+    _, scene = bench_world
+    path, truth, cam = new_view
+    rgb = Image.open(path).convert("RGB")
+    d = tmp_path / "variants"
+    d.mkdir()
+    rgb.convert("L").save(d / "grey.png")
+    rgb.convert("RGBA").save(d / "rgba.png")
+    # 16-bit grey (a darker exposure, so that it is not a duplicate of grey.png once in 8 bits)
+    Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 200).astype(np.uint16)).save(d / "deep.png")
+    # stored on its side with an EXIF orientation tag: viewers (and we) turn it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    rgb.transpose(Image.Transpose.ROTATE_90).save(d / "rotated.jpg", quality=95, exif=exif)
+    doc = register_photos(scene.version(), d)
+    by = {r["name"]: r for r in doc["images"]}
+    for name in ("grey.png", "rgba.png", "deep.png", "rotated.jpg"):
+        r = by[name]
+        assert r["status"] == "registered", (name, r["reason"])
+        assert _rot_deg(Pose.from_json(r["cam_from_world"]), truth) < 0.3, name
+        assert r["camera"]["width"] == 320 and r["camera"]["height"] == 240, name
+    # focal length unknown: estimated from the photo
+    doc = register_photos(scene.version(), [path], RegistrationConfig(camera="unknown"))
+    (r,) = doc["images"]
+    assert r["status"] == "registered" and r["camera_source"] == "unknown", r["reason"]
+    assert r["camera"]["params"][0] == pytest.approx(cam.params[0], rel=0.05)
+    assert _rot_deg(Pose.from_json(r["cam_from_world"]), truth) < 1.0
+    with pytest.raises(IDUError, match="no EXIF focal length"):
+        register_photos(scene.version(), [path], RegistrationConfig(camera="exif"))
+
+
+def test_foreign_photos_and_bad_files_are_rejected_with_reasons(bench_world, new_view, tmp_path):
+    from bench.sample_scene import look_at, render_photo, sample_splats
+
+    _, scene = bench_world
+    path, _, _ = new_view
+    d = tmp_path / "bad"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(d / "noise.png")
+    blocks = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+    Image.fromarray(blocks).save(d / "blocks.png")
+    other = render_photo(sample_splats(3), Camera.pinhole(270, 270, 160, 120, 320, 240),
+                         look_at(np.array([4.0, -1.0, 1.5]), [0, 0, 0.4]))  # fmt: skip
+    Image.fromarray(other).save(d / "other_place.png")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.jpg").write_text("not a photo\n")
+    shutil.copy(path, d / "a.png")
+    shutil.copy(path, d / "b_copy.png")
+    data = (d / "a.png").read_bytes()
+    Image.open(path).save(d / "cut.jpg", quality=90)
+    (d / "cut.jpg").write_bytes((d / "cut.jpg").read_bytes()[:2000])
+    # a 20000 x 20000 PNG header: refused before anything is decoded
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    (d / "huge.png").write_bytes(png + data[33:200])
+    doc = register_photos(scene.version(), d)
+    by = {r["name"]: r for r in doc["images"]}
+    assert by["a.png"]["status"] == "registered"
+    assert by["b_copy.png"]["reason"] == "duplicate of a.png"
+    assert by["empty.jpg"]["reason"] == "empty file (0 bytes)"
+    assert by["notes.jpg"]["reason"].startswith("not an image file")
+    assert by["cut.jpg"]["reason"].startswith("corrupt or truncated image")
+    assert "20000x20000 pixels (400 MP) is more than the 150 MP limit" in by["huge.png"]["reason"]
+    for name in ("noise.png", "blocks.png", "other_place.png"):  # never registered
+        assert by[name]["status"] == "rejected" and by[name]["reason"], name
+    assert doc["summary"] == doc["summary"] | {"registered": 1, "rejected": len(by) - 1}
+    with pytest.raises(SceneFormatError, match="empty file"):
+        load_photo(d / "empty.jpg")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(IDUError, match="no photos in the folder"):
+        register_photos(scene.version(), tmp_path / "none")
+
+
+def test_after_views_register_near_their_true_poses_or_are_rejected(bench_world):
+    """The after-capture (another sun, changed objects, new viewpoints): whatever registers is right."""
+    world, scene = bench_world
+    gt = json.loads((world / "gt.json").read_text())
+    truth = {im["name"]: Pose.from_json(im["cam_from_world"]) for im in gt["after"]["images"]}
+    doc = register_photos(scene.version(), world / "after" / "images")
+    assert len(doc["images"]) == len(truth)
+    for r in doc["images"]:
+        if r["status"] == "registered":
+            p = Pose.from_json(r["cam_from_world"])
+            assert (
+                _rot_deg(p, truth[r["name"]]) < 2.0
+                and np.linalg.norm(p.center() - truth[r["name"]].center()) < 1.0
+            )
+        else:
+            assert "need 30" in r["reason"] or "below" in r["reason"], r["reason"]
+
+
+def test_matching_and_retrieval_primitives():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 128)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    perm = rng.permutation(200)
+    b = a[perm] + rng.normal(0, 0.01, (200, 128)).astype(np.float32)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    m = match_descriptors(a, b)
+    assert len(m) == 200 and np.array_equal(perm[m[:, 1]], m[:, 0])
+    # ambiguous descriptors (two near-identical candidates) fail the ratio test
+    b2 = np.concatenate([b, b[:50] + 1e-4])
+    b2 /= np.linalg.norm(b2, axis=1, keepdims=True)
+    assert len(match_descriptors(a, b2)) == 150
+    vocab = build_vocabulary([a, b], size=16, seed=0)
+    assert vocab.shape == (16, 128) and np.allclose(np.linalg.norm(vocab, axis=1), 1, atol=1e-5)
+    with pytest.raises(IDUError, match="too few to index"):
+        build_vocabulary([a[:3]])
+
+
+def test_cli_register_json(bench_world, new_view):
+    from flows.cli import app
+
+    _, scene = bench_world
+    path, _, _ = new_view
+    res = CliRunner().invoke(app, ["register", scene.ref, "--images", str(path.parent), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    (r,) = doc["images"]
+    assert set(r) >= {"name", "status", "reason", "cam_from_world", "camera", "num_inliers", "seconds"}
+    assert r["status"] == "registered"
+    res = CliRunner().invoke(app, ["register", scene.ref, "--images", "/nonexistent", "--json"])
+    assert res.exit_code == 1 and "photo folder does not exist" in res.output
