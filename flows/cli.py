@@ -347,12 +347,21 @@ def register(
     ] = "auto",
     candidates: Annotated[int, typer.Option(help="Scene photos each new photo is matched against.")] = 12,
     min_inliers: Annotated[int, typer.Option(help="Inlier 2D-3D matches a photo needs.")] = 30,
+    retrieval: Annotated[
+        str, typer.Option(help="bow (offline, default) | dinov2 (needs its weights).")
+    ] = "bow",
+    retrieval_model: Annotated[
+        str, typer.Option(help="Registered model name or local folder for --retrieval dinov2.")
+    ] = "dinov2-small",
     json_out: JsonFlag = False,
 ):
     """Register new photos against a scene version (poses only; the store is not changed)."""
     from reconstruction.registration import RegistrationConfig, register_photos
 
-    config = RegistrationConfig(camera=camera, num_candidates=candidates, min_inliers=min_inliers)
+    config = RegistrationConfig(
+        camera=camera, num_candidates=candidates, min_inliers=min_inliers, retrieval=retrieval,
+        retrieval_model=retrieval_model,
+    )  # fmt: skip
     scene = _scene(ref)
     doc = register_photos(
         scene.version(version), images, config, progress=not json_out and sys.stderr.isatty()

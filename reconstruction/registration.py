@@ -44,6 +44,7 @@ from .sfm import SfMConfig, colmap_log, run_sfm
 log = logging.getLogger(__name__)
 
 CAMERA_MODES = ("auto", "scene", "exif", "unknown")
+RETRIEVALS = ("bow", "dinov2")
 INDEX_VERSION = "idu-registration-index-1"
 
 
@@ -59,8 +60,16 @@ class RegistrationConfig:
     """SIFT features per photo (scene photos and new ones alike)."""
     peak_threshold: float = 0.002
     """SIFT detector threshold (COLMAP's default is 0.0067): low, for many features in small photos."""
+    affine_sift: bool = False
+    """Affine-covariant SIFT with domain-size pooling, for scene and new photos alike (COLMAP's advice
+    for large viewpoint changes); several times slower extraction."""
     num_candidates: int = 12
     """Scene photos a new photo is matched against (top-k by retrieval)."""
+    retrieval: str = "bow"
+    """bow: a bag of visual words built from the scene's own SIFT descriptors (works offline, no model);
+    dinov2: a DINOv2 global descriptor (``retrieval_model``, see reconstruction.models)."""
+    retrieval_model: str = "dinov2-small"
+    """Registered model name or a local folder (config.json + weights) for ``retrieval="dinov2"``."""
     ratio: float = 0.85
     """Lowe's ratio test on descriptor distances (mutual nearest neighbours only)."""
     camera: str = "auto"
@@ -98,6 +107,7 @@ class Photo:
     scale: float  # processing size / full size
     sha256: str  # of the decoded, oriented pixels (duplicates; the feature cache key)
     exif_focal_px: float | None
+    thumb: np.ndarray | None = None  # [h, w, 3] uint8, longer side <= 448: for learned global descriptors
 
 
 @dataclass
@@ -174,6 +184,7 @@ def load_photo(path: str | os.PathLike, config: RegistrationConfig | None = None
             full_w, full_h = (h, w) if swapped else (w, h)
             sha = hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest()
             arr = _to_gray8(im)
+            thumb = _thumbnail(im)
     except SceneFormatError:
         raise
     except UnidentifiedImageError:
@@ -186,7 +197,23 @@ def load_photo(path: str | os.PathLike, config: RegistrationConfig | None = None
     if gray.size != (tw, th):
         gray = gray.resize((tw, th), Image.Resampling.BILINEAR if s < 1 else Image.Resampling.BICUBIC)
     return Photo(path.name, path, np.ascontiguousarray(np.asarray(gray)), full_w, full_h, tw / full_w, sha,
-                 exif_focal)  # fmt: skip
+                 exif_focal, thumb)  # fmt: skip
+
+
+def _thumbnail(im, side: int = 448) -> np.ndarray:
+    from PIL import Image
+
+    if im.mode not in ("RGB", "L"):
+        im = (
+            Image.fromarray(_to_gray8(im)) if im.mode.startswith("I") or im.mode == "F" else im.convert("RGB")
+        )
+    im = im.convert("RGB")
+    s = min(1.0, side / max(im.size))
+    if s < 1:
+        im = im.resize(
+            (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BILINEAR
+        )
+    return np.asarray(im, np.uint8)
 
 
 def _to_gray8(im) -> np.ndarray:
@@ -206,6 +233,8 @@ def _sift(config: RegistrationConfig) -> pycolmap.Sift:
     opts.num_threads = 1
     opts.sift.max_num_features = config.max_num_features
     opts.sift.peak_threshold = config.peak_threshold
+    opts.sift.estimate_affine_shape = config.affine_sift
+    opts.sift.domain_size_pooling = config.affine_sift
     return pycolmap.Sift(opts, pycolmap.Device.cpu)
 
 
@@ -278,14 +307,22 @@ class SceneIndex:
     centre: np.ndarray  # [3]
     radius: float
     path: Path | None = None
+    retrieval: str = "bow"
+    global_desc: np.ndarray | None = None  # [num photos, D] for learned retrieval
 
     def bag_of_words(self, desc: np.ndarray) -> np.ndarray:
         """tf-idf histogram [K] (L2-normalised) of descriptors [N, 128] over the vocabulary."""
         return _bow(desc, self.vocabulary, self.idf)
 
-    def retrieve(self, desc: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` scene photos most similar to descriptors [N, 128]: (index, score), best first."""
-        s = self.bow @ self.bag_of_words(desc)
+    def retrieve(self, desc: np.ndarray, k: int, query: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The ``k`` scene photos most similar to a photo: (index, score), best first. ``desc`` [N, 128]:
+        its SIFT descriptors (bag of words); ``query`` [D]: its global descriptor (learned retrieval)."""
+        if self.retrieval == "bow":
+            s = self.bow @ self.bag_of_words(desc)
+        else:
+            if query is None or self.global_desc is None:
+                raise IDUError(f"retrieval {self.retrieval!r} needs the photo's global descriptor")
+            s = self.global_desc @ query
         order = np.argsort(-s, kind="stable")[: max(1, k)]
         return [(int(i), float(s[i])) for i in order]
 
@@ -334,15 +371,39 @@ def _scene_sfm(config: RegistrationConfig) -> SfMConfig:
     return SfMConfig(
         max_image_size=config.max_image_size, max_num_features=config.max_num_features,
         peak_threshold=config.peak_threshold, matcher=config.scene_matcher, seed=config.seed,
+        estimate_affine_shape=config.affine_sift, domain_size_pooling=config.affine_sift,
     )  # fmt: skip
+
+
+def _retrieval_key(config: RegistrationConfig) -> Any:
+    if config.retrieval not in RETRIEVALS:
+        raise IDUError(f"retrieval {config.retrieval!r}: expected one of {', '.join(RETRIEVALS)}")
+    if config.retrieval == "bow":
+        return "bow"
+    from .models import resolve
+
+    folder = resolve(config.retrieval_model)
+    return [
+        config.retrieval,
+        str(folder.resolve()),
+        hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
+    ]
+
+
+def _global_query(photo: Photo, config: RegistrationConfig) -> np.ndarray | None:
+    if config.retrieval == "bow":
+        return None
+    from .models import global_descriptors, load_dinov2
+
+    return global_descriptors(load_dinov2(config.retrieval_model), [photo.thumb])[0]
 
 
 def _index_key(version, config: RegistrationConfig) -> str:
     h = hashlib.sha256()
     h.update(INDEX_VERSION.encode())
     h.update((version.path / "images.json").read_bytes())
-    settings = [asdict(_scene_sfm(config)), config.vocabulary_size, config.seed, config.max_image_size,
-                config.max_num_features, config.peak_threshold]  # fmt: skip
+    settings = [asdict(_scene_sfm(config)), config.vocabulary_size, _retrieval_key(config), config.seed,
+                config.max_image_size, config.max_num_features, config.peak_threshold]  # fmt: skip
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:16]
 
@@ -416,11 +477,24 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
         df[w] += 1
     idf = np.log((len(descs) + 1) / (df + 1)).astype(np.float32) + 1e-3
     bow = np.stack([_bow(d, vocab, idf) for d in descs])
+    global_desc = None
+    if config.retrieval != "bow":
+        from PIL import Image
+
+        from .models import global_descriptors, load_dinov2
+
+        model = load_dinov2(config.retrieval_model)
+        thumbs = []
+        for n in names:
+            with Image.open(photos / n) as im:
+                thumbs.append(_thumbnail(im))
+        global_desc = global_descriptors(model, thumbs)
     centres = np.stack([p.center() for p in poses])
     sample = np.concatenate([centres, points]) if len(points) else centres
     centre = np.median(sample, 0)
     radius = float(np.percentile(np.linalg.norm(sample - centre, axis=1), 90)) or 1.0
-    index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f)
+    index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f,
+                       config.retrieval, global_desc)  # fmt: skip
     _write_index(index, f)
     log.info("registration index: %d photos, %d points, %d visual words in %.1f s", len(names), len(points),
              len(vocab), time.perf_counter() - t0)  # fmt: skip
@@ -431,7 +505,7 @@ def _write_index(index: SceneIndex, f: Path) -> None:
     arrays: dict[str, Any] = {
         "meta": np.frombuffer(json.dumps({
             "format": INDEX_VERSION, "names": index.names, "cameras": [c.to_json() for c in index.cameras],
-            "poses": [p.to_json() for p in index.poses], "radius": index.radius,
+            "poses": [p.to_json() for p in index.poses], "radius": index.radius, "retrieval": index.retrieval,
         }).encode(), np.uint8),
         "points": index.points, "vocabulary": index.vocabulary, "idf": index.idf, "bow": index.bow,
         "centre": index.centre,
@@ -440,6 +514,8 @@ def _write_index(index: SceneIndex, f: Path) -> None:
         "desc": (np.concatenate(index.desc) if index.desc else np.zeros((0, 128))).astype(np.float16),
         "point_ids": np.concatenate(index.point_ids) if index.point_ids else np.zeros(0, np.int64),
     }  # fmt: skip
+    if index.global_desc is not None:
+        arrays["global_desc"] = index.global_desc
     tmp = f.with_name(f".index.tmp{os.getpid()}.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, f)
@@ -456,7 +532,8 @@ def _read_index(f: Path) -> SceneIndex:
         meta["names"], [Camera.from_json(c) for c in meta["cameras"]],
         [Pose.from_json(p) for p in meta["poses"]], np.split(d["xy"], splits), np.split(desc, splits),
         np.split(d["point_ids"], splits), d["points"], d["vocabulary"], d["idf"], d["bow"], d["centre"],
-        float(meta["radius"]), f,
+        float(meta["radius"]), f, meta.get("retrieval", "bow"),
+        d["global_desc"] if "global_desc" in d else None,
     )  # fmt: skip
 
 
@@ -491,7 +568,7 @@ def register_photo(
     if len(xy) < config.min_inliers:
         return Result(photo.name, "rejected", f"only {len(xy)} SIFT features (need {config.min_inliers})",
                       seconds=time.perf_counter() - t0)  # fmt: skip
-    cands = index.retrieve(desc, config.num_candidates)
+    cands = index.retrieve(desc, config.num_candidates, _global_query(photo, config))
     votes: dict[int, dict[int, int]] = {}
     num_matches = 0
     for i, _ in cands:

@@ -61,6 +61,8 @@ class SfMConfig:
     """SIFT detector peak threshold (COLMAP's default is 0.0067); lower finds more features in soft images."""
     domain_size_pooling: bool = False
     """DSP-SIFT descriptors (pooled over several scales): more reliable matches, slower extraction."""
+    estimate_affine_shape: bool = False
+    """Affine-covariant SIFT regions: matches across larger viewpoint changes, slower extraction."""
     camera_model: str = "SIMPLE_RADIAL"
     """COLMAP camera model estimated for the photos (SIMPLE_RADIAL, OPENCV, PINHOLE, ...)."""
     camera_params: str = ""
@@ -363,6 +365,7 @@ def run_sfm(
     ext.sift.max_num_features = config.max_num_features
     ext.sift.peak_threshold = config.peak_threshold
     ext.sift.domain_size_pooling = config.domain_size_pooling
+    ext.sift.estimate_affine_shape = config.estimate_affine_shape
     mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
     try:
         with colmap_log(logfile):
