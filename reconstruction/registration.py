@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_MODES = ("auto", "scene", "exif", "unknown")
 RETRIEVALS = ("bow", "dinov2")
-INDEX_VERSION = "idu-registration-index-1"
+INDEX_VERSION = "idu-registration-index-2"
 
 
 @dataclass
@@ -88,8 +88,15 @@ class RegistrationConfig:
     """Inliers covering less than this fraction of the photo (their bounding box): rejected."""
     max_distance: float = 3.0
     """Camera farther from the scene's centre than this many scene radii: rejected (outside the scene)."""
+    tracks: str = "auto"
+    """Where the index's 2D-3D tracks come from. model: the version's own COLMAP model (each scene keypoint
+    takes the 3D point observed within ``track_radius`` pixels: no matching, seconds per photo);
+    triangulate: match the scene's photos among themselves and triangulate with their cameras fixed;
+    auto: model when it has observations for most photos, else triangulate."""
+    track_radius: float = 1.5
+    """Pixels between a scene keypoint and a model observation for them to share the 3D point."""
     scene_matcher: str = "auto"
-    """How the scene's photos are matched among themselves for the index (the SfM stage's matchers)."""
+    """How the scene's photos are matched among themselves when ``tracks`` triangulates."""
     vocabulary_size: int = 0
     """Visual words of the retrieval vocabulary (0: from the number of scene descriptors)."""
     seed: int = 0
@@ -227,15 +234,29 @@ def _to_gray8(im) -> np.ndarray:
 
 
 # -- features -----------------------------------------------------------------------------------------
-def _sift(config: RegistrationConfig) -> pycolmap.Sift:
-    opts = pycolmap.FeatureExtractionOptions()
-    opts.max_image_size = config.max_image_size
-    opts.num_threads = 1
-    opts.sift.max_num_features = config.max_num_features
-    opts.sift.peak_threshold = config.peak_threshold
-    opts.sift.estimate_affine_shape = config.affine_sift
-    opts.sift.domain_size_pooling = config.affine_sift
-    return pycolmap.Sift(opts, pycolmap.Device.cpu)
+def _feature_settings(config: RegistrationConfig) -> list:
+    """Everything that changes a photo's features (cache keys)."""
+    return [INDEX_VERSION, config.max_image_size, config.max_num_features, config.peak_threshold,
+            config.affine_sift]  # fmt: skip
+
+
+_EXTRACTORS: dict[str, Any] = {}
+
+
+def _extractor(config: RegistrationConfig):
+    """One pycolmap SIFT extractor per settings and process (created once: it logs and allocates)."""
+    key = json.dumps(_feature_settings(config))
+    if key not in _EXTRACTORS:
+        opts = pycolmap.FeatureExtractionOptions()
+        opts.max_image_size = config.max_image_size
+        opts.num_threads = 1
+        opts.sift.max_num_features = config.max_num_features
+        opts.sift.peak_threshold = config.peak_threshold
+        opts.sift.estimate_affine_shape = config.affine_sift
+        opts.sift.domain_size_pooling = config.affine_sift
+        with colmap_log(Path(os.devnull)):
+            _EXTRACTORS[key] = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
+    return _EXTRACTORS[key]
 
 
 def extract(
@@ -243,18 +264,14 @@ def extract(
 ) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoints [N, 2] (pixel centres at +0.5, processing size) and L2-normalised descriptors
     [N, 128] float32; cached by the photo's pixel hash and the settings."""
-    key = hashlib.sha256(
-        (
-            photo.sha256 + json.dumps([config.max_image_size, config.max_num_features, config.peak_threshold])
-        ).encode()
-    ).hexdigest()[:24]
+    key = hashlib.sha256((photo.sha256 + json.dumps(_feature_settings(config))).encode()).hexdigest()[:24]
     f = None if cache is None else cache / f"{key}.npz"
     if f is not None and f.is_file():
         d = np.load(f)
         return d["xy"], d["desc"].astype(np.float32)
-    kp, desc = _sift(config).extract(np.ascontiguousarray(photo.gray))
-    xy = np.asarray(kp, np.float32)[:, :2].copy()
-    desc = _l2(np.asarray(desc, np.float32))
+    kp, desc = _extractor(config).extract_from_uint8_array(np.ascontiguousarray(photo.gray))
+    xy = np.array([(k.x, k.y) for k in kp], np.float32).reshape(-1, 2)
+    desc = _l2(np.asarray(desc.to_float().data, np.float32).reshape(-1, 128))
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(f".tmp{os.getpid()}.npz")
@@ -403,45 +420,14 @@ def _index_key(version, config: RegistrationConfig) -> str:
     h.update(INDEX_VERSION.encode())
     h.update((version.path / "images.json").read_bytes())
     settings = [asdict(_scene_sfm(config)), config.vocabulary_size, _retrieval_key(config), config.seed,
-                config.max_image_size, config.max_num_features, config.peak_threshold]  # fmt: skip
+                config.tracks, config.track_radius, _feature_settings(config)]  # fmt: skip
     h.update(json.dumps(settings).encode())
     return h.hexdigest()[:16]
 
 
-def scene_index(version, config: RegistrationConfig | None = None, progress: bool = False) -> SceneIndex:
-    """The registration index of a scene version, built once and kept in the scene's cache folder.
-
-    Args:
-        version: a :class:`reconstruction.store.SceneVersion` whose photos are in the store.
-    Raises:
-        IDUError: the version has no photos in the store, or too few features to index.
-    """
-    config = config or RegistrationConfig()
-    key = _index_key(version, config)
-    folder = version.scene.root / ".cache" / "registration" / f"v{version.number}-{key}"
-    f = folder / "index.npz"
-    if f.is_file():
-        return _read_index(f)
-    stored = version.images()
-    missing = [im.entry.name for im in stored if not im.file or not (version.scene.root / im.file).is_file()]
-    if missing or not stored:
-        raise IDUError(
-            f"{version.scene.ref} v{version.number}: registration needs the scene's photos in the store, but "
-            f"{len(missing) or 'all'} are missing (e.g. {missing[0] if missing else 'no images'})"
-        )
-    work = folder / "sfm"
-    photos = folder / "photos"
-    photos.mkdir(parents=True, exist_ok=True)
-    for im in stored:  # the SfM stage reads photos by name: link them from the pool
-        link = photos / im.entry.name
-        if not link.exists():
-            os.symlink(os.path.relpath(version.scene.root / im.file, photos), link)
+def _tracks_by_triangulation(stored, photos: Path, work: Path, config: RegistrationConfig):
     known = {im.entry.name: (im.entry.cam_from_world, im.entry.camera) for im in stored}
-    sfm_cfg = _scene_sfm(config)
-    log.info("%s v%d: building the registration index (%d photos, once per version)", version.scene.ref,
-             version.number, len(stored))  # fmt: skip
-    t0 = time.perf_counter()
-    rec = run_sfm(photos, work, sfm_cfg, sorted(known), known)
+    rec = run_sfm(photos, work, _scene_sfm(config), sorted(known), known)
     db = pycolmap.Database.open(str(work / "database.db"))
     try:
         by_name = {im.name: im for im in db.read_all_images()}
@@ -469,6 +455,97 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
             pids.append(ids)
     finally:
         db.close()
+    return names, cams, poses, xys, descs, pids, pts, "triangulate"
+
+
+def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool):
+    """Scene keypoints tied to the version's own 3D points (None when the model has too few observations
+    and ``required`` is False)."""
+    rec = version.load_model()
+    obs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for i in rec.reg_image_ids():
+        im = rec.image(i)
+        sel = [(p.xy, p.point3D_id) for p in im.points2D if p.has_point3D()]
+        if sel:
+            obs[im.name] = (
+                np.array([x for x, _ in sel], np.float32),
+                np.array([j for _, j in sel], np.int64),
+            )
+    with_obs = sum(1 for im in stored if len(obs.get(im.entry.name, ((), ()))[1]) >= 8)
+    if with_obs < max(2, 0.5 * len(stored)):
+        if required:
+            raise IDUError(
+                f"{version.scene.ref} v{version.number}: its COLMAP model has observations for only "
+                f"{with_obs} of {len(stored)} photos; use tracks='triangulate'"
+            )
+        return None
+    names, cams, poses, xys, descs, pids = [], [], [], [], [], []
+    point_index: dict[int, int] = {}
+    pts: list[np.ndarray] = []
+    for im in sorted(stored, key=lambda s: s.entry.name):
+        e = im.entry
+        photo = load_photo(photos / e.name, config)
+        xy, d = extract(photo, config)
+        xy = xy * np.float32(e.camera.width / photo.gray.shape[1])  # to the camera's pixels
+        ids = np.full(len(xy), -1, np.int64)
+        if e.name in obs and len(xy):
+            oxy, opid = obs[e.name]
+            dist = torch.cdist(torch.from_numpy(xy), torch.from_numpy(oxy))
+            best = dist.min(1)
+            near = (best.values <= config.track_radius).numpy()
+            for k in np.nonzero(near)[0]:
+                pid = int(opid[int(best.indices[k])])
+                if pid not in point_index:
+                    point_index[pid] = len(pts)
+                    pts.append(np.asarray(rec.point3D(pid).xyz, np.float64))
+                ids[k] = point_index[pid]
+        names.append(e.name)
+        cams.append(e.camera)
+        poses.append(e.cam_from_world)
+        xys.append(xy)
+        descs.append(d)
+        pids.append(ids)
+    return names, cams, poses, xys, descs, pids, pts, "model"
+
+
+def scene_index(version, config: RegistrationConfig | None = None, progress: bool = False) -> SceneIndex:
+    """The registration index of a scene version, built once and kept in the scene's cache folder.
+
+    Args:
+        version: a :class:`reconstruction.store.SceneVersion` whose photos are in the store.
+    Raises:
+        IDUError: the version has no photos in the store, or too few features to index.
+    """
+    config = config or RegistrationConfig()
+    key = _index_key(version, config)
+    folder = version.scene.root / ".cache" / "registration" / f"v{version.number}-{key}"
+    f = folder / "index.npz"
+    if f.is_file():
+        return _read_index(f)
+    stored = version.images()
+    missing = [im.entry.name for im in stored if not im.file or not (version.scene.root / im.file).is_file()]
+    if missing or not stored:
+        raise IDUError(
+            f"{version.scene.ref} v{version.number}: registration needs the scene's photos in the store, but "
+            f"{len(missing) or 'all'} are missing (e.g. {missing[0] if missing else 'no images'})"
+        )
+    photos = folder / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for im in stored:  # stages read photos by name: link them from the pool
+        link = photos / im.entry.name
+        if not link.exists():
+            os.symlink(os.path.relpath(version.scene.root / im.file, photos), link)
+    log.info("%s v%d: building the registration index (%d photos, once per version)", version.scene.ref,
+             version.number, len(stored))  # fmt: skip
+    t0 = time.perf_counter()
+    if config.tracks not in ("auto", "model", "triangulate"):
+        raise IDUError(f"tracks {config.tracks!r}: expected auto, model or triangulate")
+    built = None
+    if config.tracks in ("auto", "model"):
+        built = _tracks_from_model(version, stored, photos, config, required=config.tracks == "model")
+    if built is None:
+        built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
+    names, cams, poses, xys, descs, pids, pts, how = built
     points = np.stack(pts) if pts else np.zeros((0, 3))
     vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
     words = [np.unique(_assign(d, vocab)) if len(d) else np.zeros(0, np.int64) for d in descs]
@@ -496,8 +573,8 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
     index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f,
                        config.retrieval, global_desc)  # fmt: skip
     _write_index(index, f)
-    log.info("registration index: %d photos, %d points, %d visual words in %.1f s", len(names), len(points),
-             len(vocab), time.perf_counter() - t0)  # fmt: skip
+    log.info("registration index: %d photos, %d points (tracks: %s), %d visual words in %.1f s", len(names),
+             len(points), how, len(vocab), time.perf_counter() - t0)  # fmt: skip
     return index
 
 

@@ -196,3 +196,40 @@ def test_cli_register_json(bench_world, new_view):
     assert r["status"] == "registered"
     res = CliRunner().invoke(app, ["register", scene.ref, "--images", "/nonexistent", "--json"])
     assert res.exit_code == 1 and "photo folder does not exist" in res.output
+
+
+@pytest.mark.parametrize("tracks", ["model", "triangulate"])
+def test_index_tracks_from_the_scene_model_or_by_triangulation(bench_world, new_view, tracks):
+    _, scene = bench_world
+    path, truth, _ = new_view
+    cfg = RegistrationConfig(tracks=tracks)
+    index = scene_index(scene.version(), cfg)
+    assert sum(int((p >= 0).sum()) for p in index.point_ids) > 1000
+    (r,) = register_photos(scene.version(), [path], cfg)["images"]
+    assert r["status"] == "registered" and _rot_deg(Pose.from_json(r["cam_from_world"]), truth) < 0.2
+
+
+def test_index_needs_model_observations_when_asked(store_with_scene):
+    """The sample dataset's model has points but no tracks: 'model' refuses, 'auto' triangulates."""
+    version = store_with_scene.version()
+    model = version.load_model()
+    assert all(len(model.image(i).points2D) == 0 for i in model.reg_image_ids())
+    with pytest.raises(IDUError, match="observations for only 0 of 4 photos"):
+        scene_index(version, RegistrationConfig(tracks="model"))
+
+
+def test_feature_cache_is_keyed_by_the_extraction_settings(new_view, tmp_path):
+    import dataclasses
+
+    from reconstruction.registration import extract
+
+    path, _, _ = new_view
+    cfg = RegistrationConfig()
+    photo = load_photo(path, cfg)
+    plain = extract(photo, cfg, tmp_path)
+    affine = extract(photo, dataclasses.replace(cfg, affine_sift=True), tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert len(plain[0]) != len(affine[0])
+    again = extract(photo, cfg, tmp_path)  # from the cache
+    np.testing.assert_array_equal(again[0], plain[0])
+    np.testing.assert_allclose(again[1], plain[1], atol=1e-3)
