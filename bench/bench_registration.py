@@ -12,6 +12,10 @@ before-capture bootstrapped with its known cameras (cached). Three photo sets ar
 
 Reported per set: registered fraction, rotation error (median, max, degrees), camera-centre error
 (median, max, metres and % of the scene radius), seconds per photo; the index build time.
+
+``--scale``: seconds per new 1-MP photo (decode, SIFT, retrieval, matching, pose; no feature cache)
+against the scene of every 4th before-photo and against the scene of all of them, to show that top-k
+retrieval keeps the time flat as the scene grows.
 """
 
 from __future__ import annotations
@@ -106,11 +110,121 @@ def judge(doc: dict, truth: dict[str, Pose] | None, radius: float) -> dict:
     return out
 
 
+def scale_report(world: Path, gt: dict, n: int = 5, width: int = 1152) -> dict:
+    """Seconds per 1-MP photo against a scene of N/4 and of N photos (see the module docstring)."""
+    import os
+
+    from bench.fixtures import fixture_config
+    from bench.runner import _key, cache_root
+    from reconstruction.registration import load_photo, register_photo
+
+    names = [im["name"] for im in gt["before"]["images"]]
+    quarter = cache_root() / "bench" / "quarter-images" / _key(str(world.resolve()), names[::4])
+    if not quarter.is_dir():
+        quarter.mkdir(parents=True)
+        for nm in names[::4]:
+            os.symlink(world / "before" / "images" / nm, quarter / nm)
+    scenes = {
+        "quarter": cached_bootstrap(world, gt, quarter, fixture_config(), "quarter", "known"),
+        "full": cached_bootstrap(world, gt, world / "before" / "images", fixture_config(), "before", "known"),
+    }
+    cam0 = Camera.from_json(gt["cameras"]["before"])
+    cam = cam0.scaled(width / cam0.width)
+    config = RegistrationConfig()
+    out: dict = {"photo_size": [cam.width, cam.height]}
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small"
+        truth = novel_views(world, gt, n, small)
+        big = Path(tmp) / "big"
+        big.mkdir()
+        for k, (name, pose) in enumerate(truth.items()):
+            img = render_world_view(gt["seed"], pose, cam, exposure_stops=0.0, noise_seed=100 + k)
+            Image.fromarray(img).save(big / name)
+        for label, scene in scenes.items():
+            index = scene_index(scene.version(), config)
+            secs, ok = [], 0
+            for p in sorted(big.iterdir()):
+                t0 = time.perf_counter()
+                r = register_photo(index, load_photo(p, config), config, cache=None)
+                secs.append(time.perf_counter() - t0)
+                ok += r.status == "registered"
+            out[label] = {
+                "scene_photos": len(index.names), "registered": ok, "photos": len(secs),
+                "seconds_per_photo": {"median": float(np.median(secs)), "max": float(np.max(secs))},
+            }  # fmt: skip
+    return out
+
+
+def anchor_report(world: Path, gt: dict, scene) -> dict:
+    """The plain pycolmap way, side by side: the scene's photos and the after-photos in one database,
+    exhaustive matching, then COLMAP's incremental mapper continuing the scene's model (triangulated with
+    its cameras) with ``fix_existing_frames``. Same metrics as :func:`judge`."""
+    import os
+    import shutil
+
+    import pycolmap
+
+    from reconstruction.sfm import SfMConfig, colmap_log, run_sfm
+
+    version = scene.version()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photos = tmp / "photos"
+        photos.mkdir()
+        stored = version.images()
+        for im in stored:
+            os.symlink((version.scene.root / im.file).resolve(), photos / im.entry.name)
+        known = {im.entry.name: (im.entry.cam_from_world, im.entry.camera) for im in stored}
+        t0 = time.perf_counter()
+        run_sfm(photos, tmp / "sfm", SfMConfig(matcher="exhaustive"), sorted(known), known)
+        scene_s = time.perf_counter() - t0
+        new = sorted(p.name for p in (world / "after" / "images").iterdir())
+        for n in new:
+            os.symlink((world / "after" / "images" / n).resolve(), photos / n)
+        db = tmp / "sfm" / "database.db"
+        cam = stored[0].entry.camera
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = cam.model
+        reader.camera_params = ",".join(str(p) for p in cam.params)
+        t0 = time.perf_counter()
+        with colmap_log(tmp / "colmap.log"):
+            pycolmap.extract_features(db, photos, image_names=new, camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=reader, device=pycolmap.Device.cpu)  # fmt: skip
+            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+            opts = pycolmap.IncrementalPipelineOptions()
+            opts.fix_existing_frames = True
+            opts.ba_refine_focal_length = opts.ba_refine_extra_params = opts.ba_refine_principal_point = False
+            (tmp / "map").mkdir()
+            models = pycolmap.incremental_mapping(
+                db, photos, tmp / "map", opts, input_path=tmp / "sfm" / "sparse" / "0"
+            )
+        seconds = time.perf_counter() - t0
+        rec = max(models.values(), key=lambda r: r.num_reg_images()) if models else None
+        images = []
+        for n in new:
+            im = rec.find_image_with_name(n) if rec is not None else None
+            if im is not None and im.has_pose:
+                pose = Pose.from_pycolmap(im.cam_from_world()).to_json()
+                images.append({"name": n, "status": "registered", "seconds": seconds / len(new),
+                               "cam_from_world": pose})  # fmt: skip
+            else:
+                images.append({"name": n, "status": "rejected", "reason": "not registered by the mapper",
+                                "seconds": seconds / len(new)})  # fmt: skip
+        shutil.rmtree(tmp / "map", ignore_errors=True)
+    truth = {im["name"]: Pose.from_json(im["cam_from_world"]) for im in gt["after"]["images"]}
+    radius = scene_index(version).radius
+    return judge({"images": images}, truth, radius) | {"scene_matching_seconds": scene_s, "seconds": seconds}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("world", nargs="?", type=Path, help="world folder (default: the test fixture)")
     ap.add_argument("--novel", type=int, default=10)
     ap.add_argument("--json", type=Path, help="write the report here")
+    ap.add_argument("--scale", action="store_true", help="time 1-MP photos against N/4 and N scene photos")
+    ap.add_argument(
+        "--anchor", action="store_true", help="also register the after-capture the plain pycolmap way"
+    )
     args = ap.parse_args(argv)
     if args.world is None:
         world, scene = fixture_world_and_scene()
@@ -121,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         gt0 = load_world(world)
         scene = cached_bootstrap(world, gt0, world / "before" / "images", fixture_config(), "before", "known")
     gt = json.loads((world / "gt.json").read_text())
+    if args.scale:
+        report = scale_report(world, gt)
+        text = json.dumps(report, indent=2)
+        if args.json:
+            args.json.write_text(text + "\n")
+        print(text)
+        return 0
     config = RegistrationConfig()
     t0 = time.perf_counter()
     index = scene_index(scene.version(), config)
@@ -139,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         report["foreign"] = judge(
             register_photos(scene.version(), tmp / "foreign", config), None, index.radius
         )
+    if args.anchor:
+        report["anchor_after"] = anchor_report(world, gt, scene)
     text = json.dumps(report, indent=2)
     if args.json:
         args.json.write_text(text + "\n")
