@@ -85,7 +85,11 @@ class RegistrationConfig:
     min_inliers: int = 30
     """Fewer inlier 2D-3D matches than this: rejected."""
     min_inlier_ratio: float = 0.15
-    """Inliers over all 2D-3D matches below this: rejected (repeated textures, wrong retrieval)."""
+    """Inliers over all 2D-3D matches below this: rejected (repeated textures, wrong retrieval) unless
+    the inliers are many (at least ``confident_inliers``): a changed place or another light make many
+    wrong matches beside many right ones."""
+    confident_inliers: int = 90
+    """Inlier count above which a low inlier ratio is accepted (3 x ``min_inliers``)."""
     max_reprojection_error: float = 2.0
     """Mean reprojection error of the inliers above this (pixels): rejected."""
     min_inlier_spread: float = 0.02
@@ -717,7 +721,7 @@ def register_photo(
     }
     if n_in < config.min_inliers:
         return reject(f"only {n_in} inlier 2D-3D matches (need {config.min_inliers})", **extra)
-    if ratio < config.min_inlier_ratio:
+    if ratio < config.min_inlier_ratio and n_in < config.confident_inliers:
         return reject(f"inlier ratio {ratio:.2f} of {len(q_idx)} 2D-3D matches is below "
                       f"{config.min_inlier_ratio:.2f}", **extra)  # fmt: skip
     if err.mean() > config.max_reprojection_error:
