@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_MODES = ("auto", "scene", "exif", "unknown")
 RETRIEVALS = ("bow", "dinov2")
-INDEX_VERSION = "idu-registration-index-2"
+INDEX_VERSION = "idu-registration-index-3"
 
 
 @dataclass
@@ -441,37 +441,49 @@ def _index_key(version, config: RegistrationConfig) -> str:
     return h.hexdigest()[:16]
 
 
+class _Tracks:
+    """Scene photos' keypoints and the model's 3D points they see, gathered photo by photo."""
+
+    def __init__(self, rec: pycolmap.Reconstruction):
+        self.rec = rec
+        self.index: dict[int, int] = {}
+        self.points: list[np.ndarray] = []
+        self.photos: list[tuple] = []
+
+    def point(self, point3D_id: int) -> int:
+        """Our index of a model point (added on first sight)."""
+        if point3D_id not in self.index:
+            self.index[point3D_id] = len(self.points)
+            self.points.append(np.asarray(self.rec.point3D(point3D_id).xyz, np.float64))
+        return self.index[point3D_id]
+
+    def add(self, entry, xy: np.ndarray, desc: np.ndarray, ids: np.ndarray) -> None:
+        self.photos.append((entry.name, entry.camera, entry.cam_from_world, xy, desc, ids))
+
+    def result(self, how: str):
+        cols = list(zip(*self.photos, strict=True)) if self.photos else [[]] * 6
+        return (*[list(c) for c in cols], self.points, how)
+
+
 def _tracks_by_triangulation(stored, photos: Path, work: Path, config: RegistrationConfig):
     known = {im.entry.name: (im.entry.cam_from_world, im.entry.camera) for im in stored}
     rec = run_sfm(photos, work, _scene_sfm(config), sorted(known), known)
     db = pycolmap.Database.open(str(work / "database.db"))
     try:
         by_name = {im.name: im for im in db.read_all_images()}
-        names, cams, poses, xys, descs, pids = [], [], [], [], [], []
-        point_index: dict[int, int] = {}
-        pts: list[np.ndarray] = []
+        out = _Tracks(rec)
         for e in model_images(rec):
             dbim = by_name[e.name]
             kp = np.asarray(db.read_keypoints(dbim.image_id), np.float32)[:, :2]
             d = _l2(np.asarray(db.read_descriptors(dbim.image_id).data, np.float32))
-            im = rec.image(dbim.image_id)
             ids = np.full(len(kp), -1, np.int64)
-            for j, p2 in enumerate(im.points2D):
+            for j, p2 in enumerate(rec.image(dbim.image_id).points2D):
                 if j < len(ids) and p2.has_point3D():
-                    pid = int(p2.point3D_id)
-                    if pid not in point_index:
-                        point_index[pid] = len(pts)
-                        pts.append(np.asarray(rec.point3D(pid).xyz, np.float64))
-                    ids[j] = point_index[pid]
-            names.append(e.name)
-            cams.append(e.camera)
-            poses.append(e.cam_from_world)
-            xys.append(kp)
-            descs.append(d)
-            pids.append(ids)
+                    ids[j] = out.point(int(p2.point3D_id))
+            out.add(e, kp, d, ids)
     finally:
         db.close()
-    return names, cams, poses, xys, descs, pids, pts, "triangulate"
+    return out.result("triangulate")
 
 
 def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool):
@@ -495,9 +507,7 @@ def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig
                 f"{with_obs} of {len(stored)} photos; use tracks='triangulate'"
             )
         return None
-    names, cams, poses, xys, descs, pids = [], [], [], [], [], []
-    point_index: dict[int, int] = {}
-    pts: list[np.ndarray] = []
+    out = _Tracks(rec)
     for im in sorted(stored, key=lambda s: s.entry.name):
         e = im.entry
         photo = load_photo(photos / e.name, config)
@@ -506,22 +516,11 @@ def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig
         ids = np.full(len(xy), -1, np.int64)
         if e.name in obs and len(xy):
             oxy, opid = obs[e.name]
-            dist = torch.cdist(torch.from_numpy(xy), torch.from_numpy(oxy))
-            best = dist.min(1)
-            near = (best.values <= config.track_radius).numpy()
-            for k in np.nonzero(near)[0]:
-                pid = int(opid[int(best.indices[k])])
-                if pid not in point_index:
-                    point_index[pid] = len(pts)
-                    pts.append(np.asarray(rec.point3D(pid).xyz, np.float64))
-                ids[k] = point_index[pid]
-        names.append(e.name)
-        cams.append(e.camera)
-        poses.append(e.cam_from_world)
-        xys.append(xy)
-        descs.append(d)
-        pids.append(ids)
-    return names, cams, poses, xys, descs, pids, pts, "model"
+            best = torch.cdist(torch.from_numpy(xy), torch.from_numpy(oxy)).min(1)
+            for k in np.nonzero((best.values <= config.track_radius).numpy())[0]:
+                ids[k] = out.point(int(opid[int(best.indices[k])]))
+        out.add(e, xy, d, ids)
+    return out.result("model")
 
 
 def scene_index(version, config: RegistrationConfig | None = None, progress: bool = False) -> SceneIndex:
