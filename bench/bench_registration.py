@@ -32,13 +32,9 @@ from PIL import Image
 
 from bench.fixtures import fixture_world_and_scene, render_world_view
 from bench.runner import cached_bootstrap, load_world
+from bench.runner import judge_registration as judge
 from reconstruction.cameras import Camera, Pose
 from reconstruction.registration import RegistrationConfig, register_photos, scene_index
-
-
-def _rot_deg(a: Pose, b: Pose) -> float:
-    R = a.matrix()[:3, :3] @ b.matrix()[:3, :3].T
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
 
 
 def _turn(pose: Pose, centre: np.ndarray, yaw_deg: float) -> Pose:
@@ -83,31 +79,6 @@ def foreign_photos(out: Path, n: int = 6) -> None:
             img = render_photo(sample_splats(k), cam, look_at(np.array([4 * np.cos(a), 4 * np.sin(a), 1.5]),
                                                               [0, 0, 0.4]))  # fmt: skip
         Image.fromarray(img).save(out / f"foreign_{k:03d}.png")
-
-
-def judge(doc: dict, truth: dict[str, Pose] | None, radius: float) -> dict:
-    imgs = doc["images"]
-    reg = [r for r in imgs if r["status"] == "registered"]
-    out = {
-        "photos": len(imgs),
-        "registered": len(reg),
-        "registered_fraction": len(reg) / max(1, len(imgs)),
-        "seconds_per_photo": float(np.mean([r["seconds"] for r in imgs])) if imgs else None,
-        "rejections": {r["name"]: r["reason"] for r in imgs if r["status"] != "registered"},
-    }
-    if truth and reg:
-        rot = [_rot_deg(Pose.from_json(r["cam_from_world"]), truth[r["name"]]) for r in reg]
-        cen = [float(np.linalg.norm(Pose.from_json(r["cam_from_world"]).center() - truth[r["name"]].center()))
-               for r in reg]  # fmt: skip
-        out |= {
-            "rotation_deg": {"median": float(np.median(rot)), "max": float(np.max(rot))},
-            "centre_m": {"median": float(np.median(cen)), "max": float(np.max(cen))},
-            "centre_pct_of_radius": {
-                "median": 100 * float(np.median(cen)) / radius,
-                "max": 100 * float(np.max(cen)) / radius,
-            },  # fmt: skip
-        }
-    return out
 
 
 def scale_report(world: Path, gt: dict, n: int = 5, width: int = 1152) -> dict:

@@ -205,14 +205,63 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     boot["wall_seconds_this_run"] = time.perf_counter() - t0
     boot["unchanged_scene_on_heldout_after"] = evaluate_on_after(scene, world, gt, heldout)["mean"]
     report["stages"]["bootstrap"] = boot
+    hooks = {"register": bench_register}
     for stage, (module, title) in STAGES.items():
         if importlib.util.find_spec(module) is None:
             report["stages"][stage] = {"status": "missing", "module": module, "issue": title}
+        elif stage in hooks:
+            res = hooks[stage](scene, world, gt)
+            report["stages"][stage] = {"status": "ok", "module": module, "issue": title, **res}
         else:  # a stage that exists but has no benchmark hook yet is still not silently skipped
             report["stages"][stage] = {"status": "not benchmarked", "module": module, "issue": title}
     if baseline == "full-rebuild":
         report["baseline"] = full_rebuild(world, gt, config, update_names, heldout)
     return report
+
+
+def rotation_error_deg(a: Pose, b: Pose) -> float:
+    """Angle of the rotation between two poses, in degrees."""
+    R = a.matrix()[:3, :3] @ b.matrix()[:3, :3].T
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+
+
+def judge_registration(doc: dict[str, Any], truth: dict[str, Pose] | None, radius: float) -> dict[str, Any]:
+    """Registered fraction, time per photo, reasons, and (with ``truth``) rotation / centre errors of an
+    ``idu register`` document."""
+    imgs = doc["images"]
+    reg = [r for r in imgs if r["status"] == "registered"]
+    out: dict[str, Any] = {
+        "photos": len(imgs),
+        "registered": len(reg),
+        "registered_fraction": len(reg) / max(1, len(imgs)),
+        "seconds_per_photo": float(np.mean([r["seconds"] for r in imgs])) if imgs else None,
+        "rejections": {r["name"]: r["reason"] for r in imgs if r["status"] != "registered"},
+    }
+    if truth and reg:
+        rot = [rotation_error_deg(Pose.from_json(r["cam_from_world"]), truth[r["name"]]) for r in reg]
+        cen = [float(np.linalg.norm(Pose.from_json(r["cam_from_world"]).center() - truth[r["name"]].center()))
+               for r in reg]  # fmt: skip
+        out |= {
+            "rotation_deg": {"median": float(np.median(rot)), "max": float(np.max(rot))},
+            "centre_m": {"median": float(np.median(cen)), "max": float(np.max(cen))},
+            "centre_pct_of_radius": {
+                "median": 100 * float(np.median(cen)) / radius,
+                "max": 100 * float(np.max(cen)) / radius,
+            },  # fmt: skip
+        }
+    return out
+
+
+def bench_register(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
+    """Register every after-photo against the scene; errors against the ground-truth after-cameras."""
+    from reconstruction.registration import register_photos, scene_index
+
+    t0 = time.perf_counter()
+    index = scene_index(scene.version())
+    index_s = time.perf_counter() - t0
+    doc = register_photos(scene.version(), world / "after" / "images")
+    truth = {im["name"]: Pose.from_json(im["cam_from_world"]) for im in gt["after"]["images"]}
+    return judge_registration(doc, truth, index.radius) | {"index_seconds": index_s}
 
 
 def full_rebuild(world: Path, gt: dict[str, Any], config: BootstrapConfig, update_names: list[str],
@@ -257,6 +306,13 @@ def format_table(report: dict[str, Any]) -> str:
                 f"PSNR {_num(r.get('heldout_before_psnr'))} dB; unchanged scene on held-out after-views: "
                 + _quality(r.get("unchanged_scene_on_heldout_after", {}))
             )
+        elif stage == "register" and r["status"] == "ok":
+            fig = f"{r['registered']}/{r['photos']} after-photos registered"
+            if "rotation_deg" in r:
+                fig += (
+                    f", rotation error median {_num(r['rotation_deg']['median'], '.3f')} deg, centre error "
+                    f"median {_num(r['centre_pct_of_radius']['median'], '.3f')} % of the scene radius"
+                )
         else:
             fig = r.get("issue", "")
         rows.append((stage, r["status"], fig))

@@ -52,9 +52,15 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert all(0.0 < m[k] < 1.0 for k in ("ssim_all", "ssim_inside", "ssim_outside"))
     for stage, (module, title) in STAGES.items():
         assert report["stages"][stage]["module"] == module and report["stages"][stage]["issue"] == title
-        assert report["stages"][stage]["status"] in ("missing", "not benchmarked")
+        assert report["stages"][stage]["status"] in ("ok", "missing", "not benchmarked")
+    # registration is benchmarked: every after-photo judged against its true camera
+    reg = report["stages"]["register"]
+    assert reg["status"] == "ok" and reg["photos"] == len(update) + len(heldout)
+    assert reg["registered"] + len(reg["rejections"]) == reg["photos"]
+    assert reg["registered"] >= 1  # the small world's after-views are hard (README); some register
+    assert reg["rotation_deg"]["max"] < 2.0 and reg["centre_pct_of_radius"]["median"] < 5.0
     table = format_table(report)
-    assert "bootstrap" in table and "missing" in table
+    assert "bootstrap" in table and "missing" in table and "after-photos registered" in table
     json.dumps(report)  # serialisable as it is
 
 
