@@ -220,6 +220,27 @@ def scene_rollback(
         _emit({"scene": scene.ref, "previous": prev, "current": to})
 
 
+@scene_app.command("merge")
+@command
+def scene_merge(
+    ref: SceneRef,
+    decisions: Annotated[Path, typer.Option(help="Decisions JSON (format: reconstruction/merge.py).")],
+    json_out: JsonFlag = False,
+):
+    """Apply the approved changes of a review to the version they were detected on: the next version."""
+    from reconstruction.merge import merge, read_decisions
+
+    doc, base_dir = read_decisions(decisions)
+    out = merge(_scene(ref), doc, base_dir)
+    added = sum(d["added"] for d in out["diff"].values())
+    removed = sum(d["removed"] for d in out["diff"].values())
+    n_new = out["model"]["new_images"]
+    typer.echo(f"{out['scene']}: version {out['version']} from {out['parent']} ({len(out['diff'])} "
+               f"change(s): +{added} / -{removed} Gaussians, {n_new} new photo(s))", err=True)  # fmt: skip
+    if json_out:
+        _emit(out)
+
+
 @scene_app.command("render")
 @command
 def scene_render(

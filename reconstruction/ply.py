@@ -410,6 +410,35 @@ def read_ply(path: str | os.PathLike) -> Splats:
     return Splats(*(arrays[a] for a in order))
 
 
+def verify_ply(path: str | os.PathLike) -> tuple[int, int]:
+    """Check a whole INRIA PLY file without loading it: header, body size, every value finite, no zero
+    quaternion (streamed in chunks, memory bounded). Returns ``(num_vertices, sh_degree)``; raises
+    SceneFormatError naming the file, the property and the vertex."""
+    path = Path(path)
+    h = _parse_header(path)
+    dtype = np.dtype([(name, h.byte_order + code) for name, code in h.properties])
+    rows = max(1, CHUNK_BYTES // h.row_bytes)
+    rot = [f"rot_{i}" for i in range(4)]
+    with open(path, "rb") as f:
+        f.seek(h.header_bytes)
+        for s in range(0, h.num_vertices, rows):
+            e = min(h.num_vertices, s + rows)
+            rec = np.fromfile(f, dtype, e - s)
+            if len(rec) != e - s:
+                raise _fail(path, f"truncated body: file ended at vertex {s + len(rec)} of {h.num_vertices}")
+            for name in dtype.names:
+                if dtype[name].kind == "f" and not np.isfinite(rec[name]).all():
+                    bad = s + int(np.flatnonzero(~np.isfinite(rec[name]))[0])
+                    raise _fail(path, f"{name} holds NaN or Inf values (vertex {bad})")
+            if all(r in dtype.names for r in rot):
+                qn = sum(rec[r].astype(np.float64) ** 2 for r in rot)
+                if (qn <= 1e-24).any():
+                    raise _fail(
+                        path, f"zero-length quaternion at vertex {s + int(np.flatnonzero(qn <= 1e-24)[0])}"
+                    )
+    return h.num_vertices, h.sh_degree
+
+
 # -- writing -----------------------------------------------------------------------------------------
 def _property_names(k: int) -> list[str]:
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
@@ -421,6 +450,47 @@ def _write_all(f, view: memoryview) -> None:
     done = 0
     while done < len(view):
         done += f.write(view[done:])
+
+
+def _row_dtype(k: int) -> np.dtype:
+    """One vertex of the canonical layout (write_ply's), as a structured dtype."""
+    fields = [("means", "<f4", (3,)), ("normals", "<f4", (3,)), ("sh0", "<f4", (3,))]
+    if k:
+        fields.append(("rest", "<f4", (3, k)))
+    fields += [("opacity", "<f4"), ("scales", "<f4", (3,)), ("quats", "<f4", (4,))]
+    return np.dtype(fields)
+
+
+def _header(n: int, k: int) -> bytes:
+    return (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {n}\n"
+        + "".join(f"property float {p}\n" for p in _property_names(k))
+        + "end_header\n"
+    ).encode("ascii")
+
+
+def _encoded_chunks(s: Splats, source: str, path: Path, nbuf: int = 2):
+    """``s`` as byte chunks of canonical rows (values checked chunk by chunk)."""
+    n, k = len(s), s.shN.shape[1]
+    row = _row_dtype(k)
+    rows = max(1, CHUNK_BYTES // row.itemsize)
+    nbuf = 1 if n <= rows else nbuf
+    bufs = [np.zeros(rows, row) for _ in range(nbuf)]  # normals stay zero
+    for i, st in enumerate(range(0, n, rows)):
+        e = min(n, st + rows)
+        b = bufs[i % nbuf][: e - st]
+        b["means"] = s.means[st:e]
+        b["sh0"] = s.sh0[st:e]
+        if k:
+            b["rest"] = s.shN[st:e].transpose(0, 2, 1)
+        b["opacity"] = s.opacities[st:e]
+        b["scales"] = s.scales[st:e]
+        b["quats"] = s.quats[st:e]
+        if not _chunk_ok([b.view(np.float32)], s.quats[st:e]):
+            s.validate(source)  # names the field
+            raise _fail(path, f"bad values near Gaussian {st}")  # pragma: no cover
+        yield memoryview(b.view(np.uint8))
 
 
 def write_ply(path: str | os.PathLike, splats: Splats) -> Path:
@@ -435,44 +505,18 @@ def write_ply(path: str | os.PathLike, splats: Splats) -> Path:
     s = splats.to_numpy()
     s.check_shapes(source)
     n, k = len(s), s.shN.shape[1]
-    names = _property_names(k)
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {n}\n" + "".join(f"property float {p}\n" for p in names) + "end_header\n"
-    ).encode("ascii")
-    fields = [("means", "<f4", (3,)), ("normals", "<f4", (3,)), ("sh0", "<f4", (3,))]
-    if k:
-        fields.append(("rest", "<f4", (3, k)))
-    fields += [("opacity", "<f4"), ("scales", "<f4", (3,)), ("quats", "<f4", (4,))]
-    row = np.dtype(fields)
-    assert row.itemsize == 4 * len(names)
-    rows = max(1, CHUNK_BYTES // row.itemsize)
-    nbuf = 1 if n <= rows else 2
-    bufs = [np.zeros(rows, row) for _ in range(nbuf)]  # normals stay zero
+    assert _row_dtype(k).itemsize == 4 * len(_property_names(k))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         # Double buffering: a worker thread writes one chunk (the syscall releases the GIL) while this
-        # thread interleaves the next one (numpy copies release it too).
+        # thread encodes the next one (numpy copies release it too).
         with open(tmp, "wb", buffering=0) as f, ThreadPoolExecutor(1) as pool:
-            _write_all(f, memoryview(header))
+            _write_all(f, memoryview(_header(n, k)))
             pending: Future | None = None
-            for i, st in enumerate(range(0, n, rows)):
-                e = min(n, st + rows)
-                m = e - st
-                b = bufs[i % nbuf][:m]
-                b["means"] = s.means[st:e]
-                b["sh0"] = s.sh0[st:e]
-                if k:
-                    b["rest"] = s.shN[st:e].transpose(0, 2, 1)
-                b["opacity"] = s.opacities[st:e]
-                b["scales"] = s.scales[st:e]
-                b["quats"] = s.quats[st:e]
-                if not _chunk_ok([b.view(np.float32)], s.quats[st:e]):
-                    s.validate(source)  # names the field
-                    raise _fail(path, f"bad values near Gaussian {st}")  # pragma: no cover
+            for chunk in _encoded_chunks(s, source, path):
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(_write_all, f, memoryview(b.view(np.uint8)))
+                pending = pool.submit(_write_all, f, chunk)
             if pending is not None:
                 pending.result()
         os.replace(tmp, path)
@@ -482,4 +526,87 @@ def write_ply(path: str | os.PathLike, splats: Splats) -> Path:
     return path
 
 
-__all__ = ["PlyHeader", "read_ply", "read_ply_header", "write_ply"]
+def _canonical(path: Path) -> PlyHeader:
+    h = _parse_header(path)
+    k = num_sh_bases(h.sh_degree) - 1
+    if h.byte_order != "<" or list(h.properties) != [(p, "f4") for p in _property_names(k)]:
+        raise _fail(path, "not in the canonical INRIA layout (write it with write_ply first)")
+    return h
+
+
+def is_canonical_ply(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has exactly write_ply's layout (so :func:`edit_ply` can copy its rows)."""
+    try:
+        _canonical(Path(path))
+    except SceneFormatError:
+        return False
+    return True
+
+
+def read_ply_columns(path: str | os.PathLike, field: str = "means") -> np.ndarray:
+    """One field of a canonical PLY (``means`` [N, 3], ``opacity`` [N], ...) without reading the rest."""
+    path = Path(path)
+    h = _canonical(path)
+    mm = np.memmap(path, _row_dtype(num_sh_bases(h.sh_degree) - 1), "r", h.header_bytes, (h.num_vertices,))
+    return np.array(mm[field])
+
+
+def read_ply_rows(path: str | os.PathLike, ids: np.ndarray) -> Splats:
+    """The Gaussians ``ids`` [K] of a canonical PLY, as float32 Splats (only those rows are read)."""
+    path = Path(path)
+    h = _canonical(path)
+    k = num_sh_bases(h.sh_degree) - 1
+    mm = np.memmap(path, _row_dtype(k), "r", h.header_bytes, (h.num_vertices,))
+    r = mm[np.asarray(ids, np.int64)]
+    shN = r["rest"].transpose(0, 2, 1).copy() if k else np.zeros((len(r), 0, 3), np.float32)
+    return Splats(r["means"].copy(), r["quats"].copy(), r["scales"].copy(), r["opacity"].copy(),
+                  r["sh0"].copy(), shN)  # fmt: skip
+
+
+def edit_ply(
+    src: str | os.PathLike, dst: str | os.PathLike, keep: np.ndarray, append: Splats | None = None
+) -> int:
+    """Write ``dst``: the rows of ``src`` where ``keep`` [N] is True, byte for byte and in order, then
+    ``append`` encoded as :func:`write_ply` does. Streams: memory is one chunk plus ``append``.
+
+    ``src`` must have write_ply's layout (:func:`is_canonical_ply`) and ``append`` its SH degree.
+    ``dst`` appears atomically. Returns the number of Gaussians written.
+    """
+    src, dst = Path(src), Path(dst)
+    h = _canonical(src)
+    k = num_sh_bases(h.sh_degree) - 1
+    keep = np.asarray(keep, bool)
+    if keep.shape != (h.num_vertices,):
+        raise _fail(src, f"edit: keep mask has {keep.shape} entries for {h.num_vertices} Gaussians")
+    extra = append.to_numpy() if append is not None else Splats.empty(0, h.sh_degree)
+    if extra.shN.shape[1] != k:
+        raise _fail(dst, f"edit: appended Gaussians have SH degree {extra.sh_degree}, the file {h.sh_degree}")
+    extra.check_shapes(str(dst))
+    n_out = int(keep.sum()) + len(extra)
+    rows = max(1, CHUNK_BYTES // h.row_bytes)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb", buffering=0) as f:
+            _write_all(f, memoryview(_header(n_out, k)))
+            fin.seek(h.header_bytes)
+            for s in range(0, h.num_vertices, rows):
+                e = min(h.num_vertices, s + rows)
+                buf = np.fromfile(fin, np.uint8, (e - s) * h.row_bytes)
+                if len(buf) != (e - s) * h.row_bytes:
+                    raise _fail(src, f"truncated body near vertex {s}")
+                m = keep[s:e]
+                chunk = buf.reshape(e - s, h.row_bytes) if m.all() else buf.reshape(e - s, h.row_bytes)[m]
+                _write_all(f, memoryview(np.ascontiguousarray(chunk).reshape(-1)))
+            for chunk in _encoded_chunks(extra, str(dst), dst, nbuf=1):
+                _write_all(f, chunk)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n_out
+
+
+__all__ = [
+    "PlyHeader", "edit_ply", "is_canonical_ply", "read_ply", "read_ply_columns", "read_ply_header",
+    "read_ply_rows", "verify_ply", "write_ply",
+]  # fmt: skip

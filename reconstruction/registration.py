@@ -21,6 +21,7 @@ the scene frame. Quality gates reject what cannot be trusted, with a reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_MODES = ("auto", "scene", "exif", "unknown")
 RETRIEVALS = ("bow", "dinov2")
-INDEX_VERSION = "idu-registration-index-3"
+INDEX_VERSION = "idu-registration-index-4"
 
 
 @dataclass
@@ -164,6 +165,62 @@ def _exif_focal_px(im, width: int, height: int) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def _decoding(path: Path):
+    """Turn a decoder's failure into one line naming the file and the problem."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        yield
+    except SceneFormatError:
+        raise
+    except UnidentifiedImageError:
+        raise SceneFormatError(f"{path}: not an image file (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SceneFormatError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def _open_checked(path: Path, max_pixels: int, draft_side: int):
+    """PIL image of ``path``, its size checked against ``max_pixels`` before decoding (call inside
+    :func:`_decoding`); JPEGs are decoded at a reduced size near ``draft_side`` straight away."""
+    from PIL import Image
+
+    if path.stat().st_size == 0:
+        raise SceneFormatError(f"{path}: empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
+    im = Image.open(path)
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise SceneFormatError(
+            f"{path}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is more than the {max_pixels / 1e6:.0f} MP limit"
+        )
+    if im.format == "JPEG":
+        im.draft("RGB", (draft_side, draft_side))
+    im.load()
+    return im
+
+
+def load_rgb(path: str | os.PathLike, max_side: int, max_pixels: int = 150_000_000) -> np.ndarray:
+    """A photo as RGB [H, W, 3] uint8, EXIF orientation applied, grayscale/RGBA/16-bit made 8-bit RGB,
+    downscaled so that the longer side is at most ``max_side``. Raises SceneFormatError like
+    :func:`load_photo`."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    with _decoding(path), _open_checked(path, max_pixels, max_side) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I") or im.mode == "F":
+            im = Image.fromarray(_to_gray8(im))
+        im = im.convert("RGBA").convert("RGB") if "A" in im.mode or "transparency" in im.info else im
+        im = im.convert("RGB")
+        s = min(1.0, max_side / max(im.size))
+        if s < 1:
+            im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))),
+                           Image.Resampling.BILINEAR)  # fmt: skip
+        return np.array(im, np.uint8)
+
+
 def load_photo(path: str | os.PathLike, config: RegistrationConfig | None = None) -> Photo:
     """Decode a photo for registration: EXIF orientation applied, grayscale/RGBA/palette/16-bit turned into
     8-bit, downscaled to ``max_image_size``.
@@ -172,40 +229,22 @@ def load_photo(path: str | os.PathLike, config: RegistrationConfig | None = None
         SceneFormatError: one line naming the file and the problem (empty, not an image, truncated,
             too large).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     config = config or RegistrationConfig()
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise SceneFormatError(f"{path}: empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > config.max_pixels:
-                raise SceneFormatError(
-                    f"{path}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is more than the "
-                    f"{config.max_pixels / 1e6:.0f} MP limit"
-                )
-            if im.format == "JPEG":  # decode at a reduced size straight away (memory, speed)
-                im.draft("RGB", (config.max_image_size, config.max_image_size))
-            im.load()
-            exif_focal = _exif_focal_px(im, w, h)
-            try:
-                swapped = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
-            except Exception:
-                swapped = False
-            im = ImageOps.exif_transpose(im)
-            full_w, full_h = (h, w) if swapped else (w, h)
-            sha = hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest()
-            arr = _to_gray8(im)
-            thumb = _thumbnail(im)
-    except SceneFormatError:
-        raise
-    except UnidentifiedImageError:
-        raise SceneFormatError(f"{path}: not an image file (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise SceneFormatError(f"{path}: corrupt or truncated image ({e})") from None
+    with _decoding(path), _open_checked(path, config.max_pixels, config.max_image_size) as im:
+        w, h = im.size
+        exif_focal = _exif_focal_px(im, w, h)
+        try:
+            swapped = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: a quarter turn
+        except Exception:
+            swapped = False
+        im = ImageOps.exif_transpose(im)
+        full_w, full_h = (h, w) if swapped else (w, h)
+        sha = hashlib.sha256(f"{im.mode} {im.size}".encode() + im.tobytes()).hexdigest()
+        arr = _to_gray8(im)
+        thumb = _thumbnail(im)
     gray = Image.fromarray(arr)
     s = min(1.0, config.max_image_size / max(full_w, full_h))
     tw, th = max(1, round(full_w * s)), max(1, round(full_h * s))
@@ -342,6 +381,7 @@ class SceneIndex:
     path: Path | None = None
     retrieval: str = "bow"
     global_desc: np.ndarray | None = None  # [num photos, D] for learned retrieval
+    point3D_ids: np.ndarray | None = None  # [P] the model's point3D_id of each point (-1: triangulated here)
 
     def bag_of_words(self, desc: np.ndarray) -> np.ndarray:
         """tf-idf histogram [K] (L2-normalised) of descriptors [N, 128] over the vocabulary."""
@@ -462,7 +502,10 @@ class _Tracks:
 
     def result(self, how: str):
         cols = list(zip(*self.photos, strict=True)) if self.photos else [[]] * 6
-        return (*[list(c) for c in cols], self.points, how)
+        ids = np.full(len(self.points), -1, np.int64)
+        for model_id, row in self.index.items():
+            ids[row] = model_id if how == "model" else -1
+        return (*[list(c) for c in cols], self.points, ids, how)
 
 
 def _tracks_by_triangulation(stored, photos: Path, work: Path, config: RegistrationConfig):
@@ -560,7 +603,7 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
         built = _tracks_from_model(version, stored, photos, config, required=config.tracks == "model")
     if built is None:
         built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
-    names, cams, poses, xys, descs, pids, pts, how = built
+    names, cams, poses, xys, descs, pids, pts, model_ids, how = built
     points = np.stack(pts) if pts else np.zeros((0, 3))
     vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
     words = [np.unique(_assign(d, vocab)) if len(d) else np.zeros(0, np.int64) for d in descs]
@@ -586,7 +629,7 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
     centre = np.median(sample, 0)
     radius = float(np.percentile(np.linalg.norm(sample - centre, axis=1), 90)) or 1.0
     index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f,
-                       config.retrieval, global_desc)  # fmt: skip
+                       config.retrieval, global_desc, model_ids)  # fmt: skip
     _write_index(index, f)
     log.info("registration index: %d photos, %d points (tracks: %s), %d visual words in %.1f s", len(names),
              len(points), how, len(vocab), time.perf_counter() - t0)  # fmt: skip
@@ -605,6 +648,7 @@ def _write_index(index: SceneIndex, f: Path) -> None:
         "xy": np.concatenate(index.xy) if index.xy else np.zeros((0, 2), np.float32),
         "desc": (np.concatenate(index.desc) if index.desc else np.zeros((0, 128))).astype(np.float16),
         "point_ids": np.concatenate(index.point_ids) if index.point_ids else np.zeros(0, np.int64),
+        "point3D_ids": index.point3D_ids if index.point3D_ids is not None else np.full(len(index.points), -1),
     }  # fmt: skip
     if index.global_desc is not None:
         arrays["global_desc"] = index.global_desc
@@ -625,7 +669,7 @@ def _read_index(f: Path) -> SceneIndex:
         [Pose.from_json(p) for p in meta["poses"]], np.split(d["xy"], splits), np.split(desc, splits),
         np.split(d["point_ids"], splits), d["points"], d["vocabulary"], d["idf"], d["bow"], d["centre"],
         float(meta["radius"]), f, meta.get("retrieval", "bow"),
-        d["global_desc"] if "global_desc" in d else None,
+        d["global_desc"] if "global_desc" in d else None, d["point3D_ids"],
     )  # fmt: skip
 
 
@@ -833,5 +877,6 @@ def _progress(enabled: bool, total: int):
 
 __all__ = [
     "CAMERA_MODES", "Photo", "RegistrationConfig", "Result", "SceneIndex", "build_vocabulary", "extract",
-    "list_photos", "load_photo", "match_descriptors", "register_photo", "register_photos", "scene_index",
+    "list_photos", "load_photo", "load_rgb", "match_descriptors", "register_photo", "register_photos",
+    "scene_index",
 ]  # fmt: skip

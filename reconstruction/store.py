@@ -41,7 +41,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ import pycolmap
 
 from .cameras import ImageEntry, read_colmap_model
 from .errors import SceneFormatError, SceneLockedError, SceneStoreError
-from .ply import read_ply, read_ply_header, write_ply
+from .ply import read_ply, read_ply_header, verify_ply, write_ply
 from .splats import Splats
 
 log = logging.getLogger(__name__)
@@ -261,11 +261,26 @@ class Scene:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}".encode(), 0)
+            self._clean_leftovers()
             yield SceneWriter(self)
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             os.close(fd)  # closing releases the flock
+
+    def _clean_leftovers(self) -> None:
+        """Remove what a killed writer left (staged versions, temporary files); called with the lock held,
+        so nobody else is writing them."""
+        staging = self.root / ".staging"
+        if staging.is_dir():
+            for d in staging.iterdir():
+                log.warning("%s: removing %s left by an interrupted writer", self.ref, d.name)
+                shutil.rmtree(d, ignore_errors=True)
+        for folder in (self.root, self.root / "images"):
+            if folder.is_dir():
+                for f in folder.glob(".*.tmp"):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
 
     def rollback(self, to: int, reason: str | None = None) -> int:
         """Move ``current`` to an older version; nothing is deleted."""
@@ -314,7 +329,7 @@ class SceneWriter:
 
     def add_version(
         self,
-        splats: Splats,
+        splats: Splats | Callable[[Path], int],
         model: pycolmap.Reconstruction,
         images: list[ImageEntry],
         image_files: dict[str, Path] | None = None,
@@ -329,7 +344,8 @@ class SceneWriter:
         """Write the next version completely, validate it, then move ``current`` to it.
 
         Args:
-            splats: the version's Gaussians (validated here).
+            splats: the version's Gaussians (validated here), or a function that writes them as an INRIA PLY
+                to the path it is given and returns their number (a merge streams rows from the parent).
             model: its COLMAP model.
             images: its registered images (poses in the scene frame).
             image_files: photo files by image name, copied into the pool.
@@ -340,7 +356,8 @@ class SceneWriter:
             the new version number.
         """
         scene = self.scene
-        splats = splats.to_numpy().validate("new version splats")
+        if not callable(splats):
+            splats = splats.to_numpy().validate("new version splats")
         current = scene.current_version()
         if expected_base != "any" and current != expected_base:
             raise SceneStoreError(
@@ -357,7 +374,12 @@ class SceneWriter:
                 src = (image_files or {}).get(e.name)
                 sha, rel = self.store_image(src) if src is not None else (None, None)
                 stored.append(StoredImage(e, sha, rel))
-            write_ply(staging / "splats.ply", splats)
+            if callable(splats):
+                num_gaussians = int(splats(staging / "splats.ply"))
+            else:
+                write_ply(staging / "splats.ply", splats)
+                num_gaussians = len(splats)
+            _, sh_degree = read_ply_header(staging / "splats.ply")
             (staging / "sparse").mkdir()
             model.write_binary(str(staging / "sparse"))
             (staging / "images.json").write_text(json.dumps([s.to_json() for s in stored], indent=1) + "\n")
@@ -368,15 +390,15 @@ class SceneWriter:
                 "reason": reason,
                 "flow_run_id": flow_run_id,
                 "lineage": lineage or {},
-                "num_gaussians": len(splats),
-                "sh_degree": splats.sh_degree,
+                "num_gaussians": num_gaussians,
+                "sh_degree": sh_degree,
                 "num_images": len(stored),
                 "num_points3D": int(model.num_points3D()),
                 **(extra_meta or {}),
             }
             (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
             _fsync_tree(staging)
-            self._validate(staging, len(splats), len(stored))
+            self._validate(staging, num_gaussians, len(stored))
             for dirpath, _, files in os.walk(staging):
                 for f in files:
                     os.chmod(os.path.join(dirpath, f), 0o444)
@@ -388,15 +410,15 @@ class SceneWriter:
             raise
         self.set_current(number, event="new_version", reason=reason)
         log.info(
-            "%s: wrote version %d (%d Gaussians, %d images)", scene.ref, number, len(splats), len(stored)
+            "%s: wrote version %d (%d Gaussians, %d images)", scene.ref, number, num_gaussians, len(stored)
         )
         return number
 
     @staticmethod
     def _validate(folder: Path, n: int, num_images: int) -> None:
-        back = read_ply(folder / "splats.ply")
-        if len(back) != n:
-            raise SceneFormatError(f"{folder}/splats.ply: wrote {n} Gaussians but read back {len(back)}")
+        back, _ = verify_ply(folder / "splats.ply")  # streamed: no second copy of a large scene in memory
+        if back != n:
+            raise SceneFormatError(f"{folder}/splats.ply: wrote {n} Gaussians but read back {back}")
         rec = pycolmap.Reconstruction()
         rec.read_binary(str(folder / "sparse"))
         if rec.num_reg_images() != num_images:

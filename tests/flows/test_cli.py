@@ -251,3 +251,20 @@ def test_console_script_entry_point(scene_ref):
     assert json.loads(p.stdout)["current"] == 1
     p = subprocess.run([exe, "scene", "rollback", scene_ref, "--to", "5"], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_scene_merge_contract(scene_ref, tmp_path):
+    """``idu scene merge --decisions``: the next version; a stale base or a bad decision is one line."""
+    decisions = tmp_path / "decisions.json"
+    box = {"center": [0, 0, 0.5], "size": [3, 3, 2]}
+    c1 = {"change_id": "c1", "action": "approve", "kind": "removed", "box": box, "reviewer": "ana"}
+    decisions.write_text(json.dumps({"base_version": 1, "decisions": [c1]}))
+    out = idu_json("scene", "merge", scene_ref, "--decisions", decisions)
+    assert out["version"] == 2 and out["parent"] == 1 and out["diff"]["c1"]["removed"] > 0
+    assert idu_json("scene", "versions", scene_ref)["current"] == 2
+    r = idu("scene", "merge", scene_ref, "--decisions", decisions, ok=False)
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "current version is 2, not 1" in r.stderr
+    decisions.write_text(json.dumps({"base_version": 2, "decisions": [{"change_id": "c2", "action": "nod"}]}))
+    r = idu("scene", "merge", scene_ref, "--decisions", decisions, ok=False)
+    assert r.exit_code == 1 and "c2" in r.stderr and "action 'nod'" in r.stderr
