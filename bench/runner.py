@@ -83,6 +83,14 @@ def split_after(gt: dict[str, Any]) -> tuple[list[str], list[str]]:
     return names[0::2], names[1::2]
 
 
+def emit_report(report: dict[str, Any], path: Path | None = None) -> None:
+    """A benchmark's report as JSON on stdout, and into ``path`` when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path is not None:
+        Path(path).write_text(text + "\n")
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

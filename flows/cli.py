@@ -225,13 +225,17 @@ def scene_rollback(
 def scene_merge(
     ref: SceneRef,
     decisions: Annotated[Path, typer.Option(help="Decisions JSON (format: reconstruction/merge.py).")],
+    seams: Annotated[
+        int, typer.Option(help="Seam refinement steps against the new photos (0: off, a pure edit).")
+    ] = 0,
     json_out: JsonFlag = False,
 ):
     """Apply the approved changes of a review to the version they were detected on: the next version."""
     from reconstruction.merge import merge, read_decisions
+    from reconstruction.seams import SeamConfig
 
     doc, base_dir = read_decisions(decisions)
-    out = merge(_scene(ref), doc, base_dir)
+    out = merge(_scene(ref), doc, base_dir, seams=SeamConfig(steps=seams) if seams > 0 else None)
     added = sum(d["added"] for d in out["diff"].values())
     removed = sum(d["removed"] for d in out["diff"].values())
     n_new = out["model"]["new_images"]

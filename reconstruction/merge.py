@@ -50,10 +50,13 @@ from typing import Any
 
 import numpy as np
 import pycolmap
+import torch
 
 from .cameras import Camera, ImageEntry, Pose, model_images, quat_to_matrix
 from .errors import IDUError, SceneStoreError
 from .ply import edit_ply, is_canonical_ply, read_ply_columns, read_ply_header, read_ply_rows
+from .seams import Photo as SeamPhoto
+from .seams import SeamConfig, refine_seams
 from .splat_ops import concat, in_box, transform
 from .splats import FIELDS, Splats, num_sh_bases
 
@@ -203,21 +206,25 @@ def parse_decisions(doc: dict[str, Any], base_dir: str | os.PathLike, num_gaussi
     return out
 
 
+def _decision_mask(means: np.ndarray, d: Decision) -> np.ndarray:
+    """The base Gaussians one removal or move takes out [N] bool."""
+    m = np.zeros(len(means), bool)
+    if d.gaussian_ids is not None:
+        m[d.gaussian_ids] = True
+    if d.box is not None:
+        b = d.box
+        m |= in_box(means, b["center"], b["size"], b.get("rotation_wxyz", (1, 0, 0, 0)))
+    return m
+
+
 def _removed_mask(means: np.ndarray, decisions: list[Decision]) -> tuple[np.ndarray, dict[str, int]]:
-    n = len(means)
-    mask = np.zeros(n, bool)
+    mask = np.zeros(len(means), bool)
     counts: dict[str, int] = {}
     for d in decisions:
-        if not d.applied or d.kind not in ("removed", "moved"):
-            continue
-        m = np.zeros(n, bool)
-        if d.gaussian_ids is not None:
-            m[d.gaussian_ids] = True
-        if d.box is not None:
-            b = d.box
-            m |= in_box(means, b["center"], b["size"], b.get("rotation_wxyz", (1, 0, 0, 0)))
-        counts[d.change_id] = int((m & ~mask).sum())
-        mask |= m
+        if d.applied and d.kind in ("removed", "moved"):
+            m = _decision_mask(means, d)
+            counts[d.change_id] = int((m & ~mask).sum())
+            mask |= m
     return mask, counts
 
 
@@ -325,7 +332,15 @@ def grow_model(
     if not regd:
         return rec, model_images(rec), {}, stats
     config = RegistrationConfig()
-    index = scene_index(version, config)
+    try:
+        index = scene_index(version, config)
+    except IDUError as e:  # a scene without photos in the store: new points only, no shared tracks
+        log.warning(
+            "%s: no registration index (%s); the new photos observe only their own points",
+            version.scene.ref,
+            e,
+        )
+        index = None
     cache = version.scene.root / ".cache" / "registration" / "photos"
     photos: list[_NewPhoto] = []
     for r in regd:
@@ -343,10 +358,10 @@ def grow_model(
         )
     # 1. observations of the existing points: matches with the scene photos the registration retrieved,
     #    kept where the point reprojects within max_error with the registered pose
-    ids_model = index.point3D_ids if index.point3D_ids is not None else np.full(len(index.points), -1)
-    by_name = {n: i for i, n in enumerate(index.names)}
+    ids_model = index.point3D_ids if index and index.point3D_ids is not None else np.full(0, -1)
+    by_name = {n: i for i, n in enumerate(index.names)} if index else {}
     for r, p in zip(regd, photos, strict=True):
-        for sname in r.get("retrieved", index.names[:12]):
+        for sname in r.get("retrieved", list(by_name)[:12]):
             i = by_name.get(sname)
             if i is None:
                 continue
@@ -451,13 +466,52 @@ def _load_registration(spec: Any, base_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def _regions(base_means: np.ndarray, decisions: list[Decision], inserts) -> list[dict[str, Any]]:
+    """Axis-aligned boxes of the edited places, one per place: where each removal or move took Gaussians
+    out, where each inserted part stands."""
+    pts = [base_means[m] for d in decisions if d.applied and d.kind in ("removed", "moved")
+           if (m := _decision_mask(base_means, d)).any()]  # fmt: skip
+    pts += [np.asarray(p.means, np.float64) for _, p in inserts if len(p)]
+    return [{"center": ((q.min(0) + q.max(0)) / 2).tolist(), "size": np.ptp(q, axis=0).tolist()} for q in pts]
+
+
+def _merge_with_seams(version, parsed, reg: dict[str, Any], image_dir: Path, seams: SeamConfig):
+    from .registration import load_rgb
+
+    base = version.load_splats()
+    removed, _ = _removed_mask(base.means, parsed)
+    inserts = _inserted(
+        parsed, lambda ids: Splats(**{f: getattr(base, f)[ids] for f in FIELDS}), base.sh_degree
+    )
+    regions = _regions(base.means.astype(np.float64), parsed, inserts)
+    removed_means = base.means[removed].astype(np.float64)
+    edited, diff = apply_decisions(base, parsed)
+    photos = []
+    for r in reg["images"]:
+        if r.get("status") == "registered":
+            cam = Camera.from_json(r["camera"], f"{r['name']} camera")
+            rgb = load_rgb(image_dir / r["name"], max(cam.width, cam.height))
+            if not cam.is_pinhole:
+                from .cameras import undistort_image
+
+                rgb, cam = undistort_image(rgb, cam)
+            photos.append(SeamPhoto(torch.from_numpy(rgb.astype(np.float32) / 255), cam,
+                                    Pose.from_json(r["cam_from_world"])))  # fmt: skip
+    refined, stats = refine_seams(edited, regions, photos, seams, removed_means)
+    return refined, diff, stats
+
+
 def merge(
     scene,
     decisions: dict[str, Any],
     base_dir: str | os.PathLike = ".",
     flow_run_id: str | None = None,
+    seams: SeamConfig | None = None,
 ) -> dict[str, Any]:
     """Apply the approved decisions to ``decisions["base_version"]`` and write the next version.
+
+    ``seams``: refine the Gaussians near the edits against the new photos (reconstruction.seams; needs
+    ``photos`` in the decisions). Off by default: the merge is then a pure edit of the parent.
 
     Returns:
         ``{"scene", "version", "parent", "diff": {change_id: {"removed", "added"}}, "num_gaussians",
@@ -489,7 +543,14 @@ def merge(
     else:
         model = version.load_model()
         entries, files, model_stats = model_images(model), {}, {"new_images": 0}
-    if is_canonical_ply(parent_ply):  # stream the parent's rows: memory stays small for any scene size
+    seam_stats = None
+    if seams is not None:  # in memory: the refinement changes Gaussians near the edits
+        if not photos:
+            raise DecisionError("decisions: seam refinement needs the new photos ('photos')")
+        image_dir = _resolve(base_dir, str(photos["images"]))
+        edited, diff, seam_stats = _merge_with_seams(version, parsed, reg, image_dir, seams)
+        num_out = len(edited)
+    elif is_canonical_ply(parent_ply):  # stream the parent's rows: memory stays small for any scene size
         removed, counts = _removed_mask(read_ply_columns(parent_ply, "means"), parsed)
         inserts = _inserted(parsed, lambda ids: read_ply_rows(parent_ply, ids), sh_degree)
         diff = _diff(parsed, counts, inserts)
@@ -513,7 +574,8 @@ def merge(
             edited, model, entries, image_files, reason=f"merge of {n_applied} change(s)", parent=base,
             expected_base=base, flow_run_id=flow_run_id,
             extra_meta={"decisions": [d.record() for d in parsed], "reviewers": reviewers,
-                        "photos": sorted(files), "diff": diff, "model_growth": model_stats},
+                        "photos": sorted(files), "diff": diff, "model_growth": model_stats,
+                        "seams": seam_stats},
         )  # fmt: skip
     return {"scene": scene.ref, "version": number, "parent": base, "diff": diff, "num_gaussians": num_out,
             "model": model_stats, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
