@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from bench.fixtures import fixture_world_and_scene, render_world_view
-from bench.runner import cached_bootstrap, load_world
+from bench.runner import cached_bootstrap, emit_report, load_world
 from bench.runner import judge_registration as judge
 from reconstruction.cameras import Camera, Pose
 from reconstruction.registration import RegistrationConfig, register_photos, scene_index
@@ -207,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         scene = cached_bootstrap(world, gt0, world / "before" / "images", fixture_config(), "before", "known")
     gt = json.loads((world / "gt.json").read_text())
     if args.scale:
-        report = scale_report(world, gt)
-        text = json.dumps(report, indent=2)
-        if args.json:
-            args.json.write_text(text + "\n")
-        print(text)
+        emit_report(scale_report(world, gt), args.json)
         return 0
     config = RegistrationConfig()
     t0 = time.perf_counter()
@@ -233,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.anchor:
         report["anchor_after"] = anchor_report(world, gt, scene)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    emit_report(report, args.json)
     return 0
 
 

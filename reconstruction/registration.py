@@ -529,7 +529,8 @@ def _tracks_by_triangulation(stored, photos: Path, work: Path, config: Registrat
     return out.result("triangulate")
 
 
-def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool):
+def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool,
+                       progress: bool = False):  # fmt: skip
     """Scene keypoints tied to the version's own 3D points (None when the model has too few observations
     and ``required`` is False)."""
     rec = version.load_model()
@@ -551,19 +552,26 @@ def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig
             )
         return None
     out = _Tracks(rec)
-    for im in sorted(stored, key=lambda s: s.entry.name):
-        e = im.entry
-        photo = load_photo(photos / e.name, config)
-        xy, d = extract(photo, config)
-        xy = xy * np.float32(e.camera.width / photo.gray.shape[1])  # to the camera's pixels
-        ids = np.full(len(xy), -1, np.int64)
-        if e.name in obs and len(xy):
-            oxy, opid = obs[e.name]
-            best = torch.cdist(torch.from_numpy(xy), torch.from_numpy(oxy)).min(1)
-            for k in np.nonzero((best.values <= config.track_radius).numpy())[0]:
-                ids[k] = out.point(int(opid[int(best.indices[k])]))
-        out.add(e, xy, d, ids)
+    with _progress(progress, len(stored), "indexing the scene") as bar:
+        task = bar.add_task("index", total=len(stored), info="")
+        for im in sorted(stored, key=lambda s: s.entry.name):
+            _index_photo(out, im.entry, photos, obs, config)
+            bar.update(task, advance=1, info=im.entry.name)
     return out.result("model")
+
+
+def _index_photo(out: _Tracks, e, photos: Path, obs: dict, config: RegistrationConfig) -> None:
+    """One scene photo's SIFT features, each tied to the model point observed at its pixel."""
+    photo = load_photo(photos / e.name, config)
+    xy, d = extract(photo, config)
+    xy = xy * np.float32(e.camera.width / photo.gray.shape[1])  # to the camera's pixels
+    ids = np.full(len(xy), -1, np.int64)
+    if e.name in obs and len(xy):
+        oxy, opid = obs[e.name]
+        best = torch.cdist(torch.from_numpy(xy), torch.from_numpy(oxy)).min(1)
+        for k in np.nonzero((best.values <= config.track_radius).numpy())[0]:
+            ids[k] = out.point(int(opid[int(best.indices[k])]))
+    out.add(e, xy, d, ids)
 
 
 def scene_index(version, config: RegistrationConfig | None = None, progress: bool = False) -> SceneIndex:
@@ -600,7 +608,8 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
         raise IDUError(f"tracks {config.tracks!r}: expected auto, model or triangulate")
     built = None
     if config.tracks in ("auto", "model"):
-        built = _tracks_from_model(version, stored, photos, config, required=config.tracks == "model")
+        built = _tracks_from_model(version, stored, photos, config, required=config.tracks == "model",
+                                   progress=progress)  # fmt: skip
     if built is None:
         built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
     names, cams, poses, xys, descs, pids, pts, model_ids, how = built
@@ -826,7 +835,7 @@ def register_photos(
     config = config or RegistrationConfig()
     files = list_photos(images) if isinstance(images, str | os.PathLike) else [Path(p) for p in images]
     t0 = time.perf_counter()
-    index = scene_index(version, config)
+    index = scene_index(version, config, progress=progress)
     index_s = time.perf_counter() - t0
     cache = version.scene.root / ".cache" / "registration" / "photos"
     results: list[Result] = []
@@ -865,12 +874,12 @@ def register_photos(
     }
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool, total: int, label: str = "registering"):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("registering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"), console=Console(file=sys.stderr), disable=not enabled,
     )  # fmt: skip
 
