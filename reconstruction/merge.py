@@ -57,6 +57,7 @@ from .errors import IDUError, SceneStoreError
 from .ply import edit_ply, is_canonical_ply, read_ply_columns, read_ply_header, read_ply_rows
 from .seams import Photo as SeamPhoto
 from .seams import SeamConfig, refine_seams
+from .sfm import colmap_log
 from .splat_ops import concat, in_box, transform
 from .splats import FIELDS, Splats, num_sh_bases
 
@@ -450,7 +451,60 @@ def grow_model(
         rec.add_point3D(np.asarray(X, np.float64), track, colour)
     stats["new_images"] = len(photos)
     stats["new_points"] = len(new_points)
+    stats["local_ba"] = local_bundle_adjustment(rec, list(image_ids.values()))
     return rec, model_images(rec), {p.name: p.path for p in photos}, stats
+
+
+def _image_error(rec: pycolmap.Reconstruction, image_ids: list[int]) -> float:
+    """Mean reprojection error (pixels) of the observations of these images."""
+    errs = []
+    for i in image_ids:
+        im = rec.image(i)
+        cam = rec.camera(im.camera_id)
+        for p2 in im.points2D:
+            if p2.has_point3D():
+                uv = cam.img_from_cam(im.cam_from_world() * rec.point3D(p2.point3D_id).xyz)
+                if uv is not None:
+                    errs.append(float(np.linalg.norm(np.asarray(uv) - p2.xy)))
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def local_bundle_adjustment(rec: pycolmap.Reconstruction, image_ids: list[int]) -> dict[str, Any]:
+    """Refine the poses of ``image_ids`` and the points only they observe, everything else held fixed
+    (the scene's cameras and points do not move; the existing points fix the frame). In place."""
+    if not image_ids:
+        return {"images": 0}
+    own = set(image_ids)
+    cfg = pycolmap.BundleAdjustmentConfig()
+    for i in image_ids:
+        cfg.add_image(i)
+        cfg.set_constant_cam_intrinsics(rec.image(i).camera_id)
+    constant = variable = 0
+    for i in image_ids:
+        for p2 in rec.image(i).points2D:
+            if not p2.has_point3D():
+                continue
+            pid = p2.point3D_id
+            if cfg.has_point(pid):
+                continue
+            if all(el.image_id in own for el in rec.point3D(pid).track.elements):
+                cfg.add_variable_point(pid)
+                variable += 1
+            else:
+                cfg.add_constant_point(pid)
+                constant += 1
+    before = _image_error(rec, image_ids)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = opts.refine_principal_point = opts.refine_extra_params = False
+    opts.print_summary = False
+    with colmap_log(Path(os.devnull)):
+        summary = pycolmap.create_default_bundle_adjuster(opts, cfg, rec).solve()
+    after = _image_error(rec, image_ids)
+    log.info("local BA of %d new photos (%d new points, %d fixed): reprojection %.3f -> %.3f px",
+             len(image_ids), variable, constant, before, after)  # fmt: skip
+    return {"images": len(image_ids), "variable_points": variable, "constant_points": constant,
+            "usable": bool(summary.is_solution_usable()), "error_before_px": before,
+            "error_after_px": after}  # fmt: skip
 
 
 # -- the stage -----------------------------------------------------------------------------------------
@@ -591,6 +645,6 @@ def read_decisions(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
 
 
 __all__ = [
-    "ACTIONS", "KINDS", "Decision", "DecisionError", "apply_decisions", "grow_model", "merge",
-    "parse_decisions", "read_decisions",
+    "ACTIONS", "KINDS", "Decision", "DecisionError", "apply_decisions", "grow_model",
+    "local_bundle_adjustment", "merge", "parse_decisions", "read_decisions",
 ]  # fmt: skip
