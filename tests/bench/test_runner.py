@@ -59,8 +59,16 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert reg["registered"] + len(reg["rejections"]) == reg["photos"]
     assert reg["registered"] >= 1  # the small world's after-views are hard (README); some register
     assert reg["rotation_deg"]["max"] < 2.0 and reg["centre_pct_of_radius"]["median"] < 5.0
+    # the merge is benchmarked with oracle removals: where objects left, the held-out views get closer to
+    # the place as it is now; the cached scene itself is never changed
+    mg = report["stages"]["merge"]
+    assert mg["status"] == "ok" and all(d["removed"] > 0 for d in mg["merged"].values())
+    assert mg["heldout_after"]["psnr_inside"] > m["psnr_inside"]
+    assert abs(mg["heldout_after"]["psnr_outside"] - m["psnr_outside"]) < 0.5
+    assert scene.current_version() == 1 and len(scene.versions()) == 1
     table = format_table(report)
     assert "bootstrap" in table and "missing" in table and "after-photos registered" in table
+    assert "oracle removals" in table
     json.dumps(report)  # serialisable as it is
 
 
