@@ -57,11 +57,18 @@ def fixture_world_and_scene(root: Path | None = None) -> tuple[Path, Scene]:
 
 
 def render_world_view(
-    seed: int, pose, camera, capture: str = "before", exposure_stops: float = 0.0, noise_seed: int = 0
+    seed: int,
+    pose,
+    camera,
+    capture: str = "before",
+    exposure_stops: float = 0.0,
+    noise_seed: int = 0,
+    light: str | None = None,
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ):
-    """A photo [H, W, 3] uint8 of world ``seed`` (its ``before`` or ``after`` state and light) from any pose,
-    by the world generator's own renderer: new photos for stage tests (e.g. of the unchanged place from a
-    pose no before-view had)."""
+    """A photo [H, W, 3] uint8 of world ``seed`` (its ``before`` or ``after`` state; the light of ``light``,
+    default the same capture) from any pose, by the world generator's own renderer: new photos for stage
+    tests (e.g. of the unchanged place from a pose no before-view had, under the after-capture's sun)."""
     import numpy as np
 
     from .worlds.layout import build_world
@@ -69,9 +76,9 @@ def render_world_view(
 
     world = build_world(seed, with_person=capture == "after")
     geo = Geometry(world.objects(capture))
-    sun = world.sun_before if capture == "before" else world.sun_after
+    sun = world.sun_before if (light or capture) == "before" else world.sun_after
     rad = render_radiance(geo, camera, pose, Lighting(sun), 2, 4)
-    return develop(rad, Photometric(exposure_stops), np.random.default_rng(noise_seed))
+    return develop(rad, Photometric(exposure_stops, tuple(white_balance)), np.random.default_rng(noise_seed))
 
 
 __all__ = [

@@ -400,6 +400,49 @@ def register(
         _emit(doc)
 
 
+@app.command("detect")
+@command
+def detect(
+    ref: SceneRef,
+    images: Annotated[Path, typer.Option(help="Folder of new photos.")],
+    out: Annotated[Path, typer.Option(help="Output folder: candidates.json, masks/, crops/, overview/.")],
+    registration: Annotated[
+        Path | None,
+        typer.Option(help="An `idu register --json` document for these photos (default: register)."),
+    ] = None,
+    version: VersionOpt = None,
+    backend: Annotated[
+        str, typer.Option(help="ssim (offline, default) | dinov2 (needs its weights).")
+    ] = "ssim",
+    model: Annotated[
+        str, typer.Option(help="Registered model name or local folder for --backend dinov2.")
+    ] = ("dinov2-small"),
+    threshold: Annotated[
+        float,
+        typer.Option(help="Changed-pixel threshold in robust standard deviations of the comparison noise."),
+    ] = 5.0,
+    json_out: JsonFlag = False,
+):
+    """Find what appeared, vanished or moved: render the scene at each registered photo, compare, lift to 3D
+    (the store is not changed)."""
+    from reconstruction.changes import DetectConfig, detect_changes
+
+    config = DetectConfig(backend=backend, model=model, k_mad=threshold)
+    scene = _scene(ref)
+    doc = detect_changes(scene.version(version), images, out, registration, config)
+    kinds = [c["kind"] for c in doc["candidates"]]
+    summary = (
+        ", ".join(f"{kinds.count(k)} {k}" for k in ("added", "removed", "moved") if k in kinds) or "none"
+    )
+    compared = sum(1 for s in doc["photos"].values() if s == "compared")
+    secs = doc["seconds"]
+    typer.echo(
+        f"{len(kinds)} candidates ({summary}) from {compared} photos in {secs:.1f} s -> {out}", err=True
+    )
+    if json_out:
+        _emit(doc)
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmark worlds with ground truth.")
 app.add_typer(bench_app, name="bench")
 
@@ -412,15 +455,28 @@ def bench_world(
     size: Annotated[
         str, typer.Option(help="small (30+6 views, 320x240) | medium (80+12 views, 640x480)")
     ] = "small",
+    changes: Annotated[
+        bool,
+        typer.Option(
+            "--changes/--no-changes",
+            help="--no-changes: the after-capture of an unchanged "
+            "place (after light and exposures, same poses): the no-false-alarm benchmark",
+        ),
+    ] = True,
     json_out: JsonFlag = False,
 ):
     """Generate a benchmark world: before/after captures, masks, meshes, gt.json, contact sheet."""
+    import dataclasses
     import time
 
-    from bench.worlds import generate_world
+    from bench.worlds import WORLD_PRESETS, generate_world
+    from reconstruction.errors import IDUError
 
     t0 = time.perf_counter()
-    world = generate_world(seed, out, size)
+    if size not in WORLD_PRESETS:
+        raise IDUError(f"unknown world size {size!r} (choose from {', '.join(WORLD_PRESETS)})")
+    config = None if changes else dataclasses.replace(WORLD_PRESETS[size], changes=False)
+    world = generate_world(seed, out, size, config)
     seconds = time.perf_counter() - t0
     gt = json.loads((world / "gt.json").read_text())
     nb, na = len(gt["before"]["images"]), len(gt["after"]["images"])

@@ -36,6 +36,9 @@ class WorldConfig:
     """Candidate poses tried per after view before taking the best one seen."""
     thumb_width: int = 160
     """Width of a thumbnail in contact_sheet.png."""
+    changes: bool = True
+    """False: the after-capture sees the before-place (nothing added, removed or moved) under the after
+    capture's light and exposures, from the same kind of poses: every change a detector reports is false."""
     workers: int = 0
     """Rendering processes (0: automatic, several only for long renders; 1: in this process). Output does
     not depend on it."""
@@ -61,6 +64,8 @@ class WorldConfig:
         """The fields that shape the output (``workers`` does not)."""
         d = asdict(self)
         d.pop("workers")
+        if d["changes"]:  # the default is left out: worlds written before the option stay byte-identical
+            d.pop("changes")
         return d
 
 

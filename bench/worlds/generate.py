@@ -140,7 +140,7 @@ def generate_world(seed: int, out: Path, size: str = "small", config: WorldConfi
     tmp = _prepare_out(out)
     try:
         world = build_world(seed, with_person=cfg.person)
-        geo = {"before": Geometry(world.objects("before")), "after": Geometry(world.objects("after"))}
+        geo = _geometries(world, cfg)
         timing["build_world"] = time.perf_counter() - t
         gt = _capture(
             world, geo, cfg, tmp, timing, seed, size if config is WORLD_PRESETS.get(size) else "custom"
@@ -159,6 +159,11 @@ def generate_world(seed: int, out: Path, size: str = "small", config: WorldConfi
         raise
     log.info("world seed %d (%s) written to %s in %.1f s", seed, size, out, timing["total"])
     return out
+
+
+def _geometries(world: World, cfg: WorldConfig) -> dict[str, Geometry]:
+    before = Geometry(world.objects("before"))
+    return {"before": before, "after": Geometry(world.objects("after")) if cfg.changes else before}
 
 
 def _num_workers(cfg: WorldConfig, num_jobs: int) -> int:
@@ -191,8 +196,7 @@ def _render_worker(args) -> None:
     torch.set_num_threads(1)
     seed, cfg, jobs, out = args
     world = build_world(seed, with_person=cfg.person)
-    geo = {"before": Geometry(world.objects("before")), "after": Geometry(world.objects("after"))}
-    _render_jobs(world, geo, cfg, seed, jobs, Path(out))
+    _render_jobs(world, _geometries(world, cfg), cfg, seed, jobs, Path(out))
 
 
 def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path, timing, seed, size) -> dict:
@@ -201,16 +205,16 @@ def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path
     W, H = cfg.width, cfg.height
     f = cfg.focal * W
     camera = Camera.pinhole(f, f, W / 2, H / 2, W, H)
+    changed = world.changes if cfg.changes else []
     ids = {
-        w: {c.id: g.object_ids.index(c.id) for c in world.changes if c.id in g.object_ids}
-        for w, g in geo.items()
+        w: {c.id: g.object_ids.index(c.id) for c in changed if c.id in g.object_ids} for w, g in geo.items()
     }
 
     t = time.perf_counter()
     bviews = before_views(world, geo["before"], camera, cfg.num_before, cfg.elevated_fraction, r_path)
-    aviews = after_views(
-        world, geo["before"], geo["after"], camera, cfg.num_after, r_after, cfg.after_candidates
-    )
+    # planned on the changed place in any case: a world without changes has the same after-poses
+    plan = geo["after"] if cfg.changes else Geometry(world.objects("after"))
+    aviews = after_views(world, geo["before"], plan, camera, cfg.num_after, r_after, cfg.after_candidates)
     timing["plan_views"] = time.perf_counter() - t
 
     # render every view (in worker processes when asked: each rebuilds the same world from the seed)
@@ -260,7 +264,7 @@ def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path
         id_after, _ = geo["after"].id_map(camera, v.pose)
         id_before, _ = geo["before"].id_map(camera, v.pose)
         objects = {}
-        for c in world.changes:
+        for c in changed:
             entry = {}
             if c.after is not None:
                 m = id_after == ids["after"][c.id]
@@ -297,7 +301,7 @@ def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path
 
     t = time.perf_counter()
     changes = []
-    for c in world.changes:
+    for c in changed:
         obj = c.after if c.after is not None else c.before
         _write_mesh(out / "meshes" / f"{c.id}.ply", obj)
         d = {
@@ -321,11 +325,11 @@ def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path
             ]
         changes.append(d)
     _write_mesh(out / "meshes" / "scene_before.ply", world.objects("before"))
-    _write_mesh(out / "meshes" / "scene_after.ply", world.objects("after"))
+    _write_mesh(out / "meshes" / "scene_after.ply", world.objects("after" if cfg.changes else "before"))
     timing["write_meshes"] = time.perf_counter() - t
 
     person = None
-    joints = person_joints_world(world)
+    joints = person_joints_world(world) if cfg.changes else None
     if joints is not None:
         p = world.person
         obj = next(c.after for c in world.changes if c.id == world.person_change)

@@ -268,3 +268,41 @@ def test_scene_merge_contract(scene_ref, tmp_path):
     decisions.write_text(json.dumps({"base_version": 2, "decisions": [{"change_id": "c2", "action": "nod"}]}))
     r = idu("scene", "merge", scene_ref, "--decisions", decisions, ok=False)
     assert r.exit_code == 1 and "c2" in r.stderr and "action 'nod'" in r.stderr
+
+
+def test_detect_contract(bench_world, tmp_path):
+    """`idu detect --json` (DESIGN.md): one JSON document, masks as photo-sized 8-bit PNGs under --out; the
+    store is not changed; a bad registration document is one line naming the file."""
+    world, scene = bench_world
+    gt = json.loads((world / "gt.json").read_text())
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    views = [
+        im
+        for im in gt["after"]["images"]
+        if im["name"] in ("after_001.png", "after_002.png", "after_005.png")
+    ]
+    for im in views:
+        shutil.copyfile(world / im["path"], photos / im["name"])
+    reg = tmp_path / "reg.json"
+    cam = gt["cameras"]["after"]
+    entries = [{"name": im["name"], "status": "registered", "camera": cam,
+                "cam_from_world": im["cam_from_world"]} for im in views]  # fmt: skip
+    reg.write_text(json.dumps({"images": entries}))
+    before = sorted(p.name for p in scene.root.iterdir())
+    doc = idu_json("detect", scene.ref, "--images", photos, "--registration", reg, "--out", tmp_path / "out")
+    assert sorted(p.name for p in scene.root.iterdir()) == before
+    assert doc["scene"] == scene.ref and doc["version"] == scene.current_version()
+    assert set(doc["photos"].values()) == {"compared"} and doc["candidates"]
+    for c in doc["candidates"]:
+        assert set(c) >= {"id", "kind", "label", "confidence", "box", "masks"}
+        assert set(c["box"]) == {"center", "size", "rotation_wxyz"}
+        for name, rel in c["masks"].items():
+            m = Image.open(tmp_path / "out" / rel)
+            assert m.mode == "L" and m.size == Image.open(photos / name).size
+    reg.write_text("[1, 2")
+    res = idu(
+        "detect", scene.ref, "--images", photos, "--registration", reg, "--out", tmp_path / "o2", ok=False
+    )
+    assert res.exit_code != 0 and "reg.json: not an idu register --json document" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
