@@ -213,7 +213,7 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     boot["wall_seconds_this_run"] = time.perf_counter() - t0
     boot["unchanged_scene_on_heldout_after"] = evaluate_on_after(scene, world, gt, heldout)["mean"]
     report["stages"]["bootstrap"] = boot
-    hooks = {"register": bench_register,
+    hooks = {"register": bench_register, "detect": bench_detect,
              "merge": lambda s, w, g: bench_merge(s, w, g, update_names, heldout)}  # fmt: skip
     for stage, (module, title) in STAGES.items():
         if importlib.util.find_spec(module) is None:
@@ -271,6 +271,23 @@ def bench_register(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, A
     doc = register_photos(scene.version(), world / "after" / "images")
     truth = {im["name"]: Pose.from_json(im["cam_from_world"]) for im in gt["after"]["images"]}
     return judge_registration(doc, truth, index.radius) | {"index_seconds": index_s}
+
+
+def bench_detect(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
+    """Detect the changes in the whole after-capture at its true poses (bench/bench_detect.py judges)."""
+    import tempfile
+
+    from bench.bench_detect import judge_detection
+    from reconstruction.changes import detect_changes
+
+    reg = {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
+                       "cam_from_world": im["cam_from_world"]} for im in gt["after"]["images"]]}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        doc = detect_changes(scene.version(), world / "after" / "images", Path(tmp), reg)
+        seconds = time.perf_counter() - t0
+        res = judge_detection(doc, Path(tmp), world, gt)
+    return {"seconds": seconds, **res}
 
 
 def bench_merge(
@@ -356,6 +373,10 @@ def format_table(report: dict[str, Any]) -> str:
                     f", rotation error median {_num(r['rotation_deg']['median'], '.3f')} deg, centre error "
                     f"median {_num(r['centre_pct_of_radius']['median'], '.3f')} % of the scene radius"
                 )
+        elif stage == "detect" and r["status"] == "ok":
+            fig = (f"recall {_num(r['recall'])} of {r['changes']} changes, kind {_num(r['kind_accuracy'])}, "
+                   f"mask IoU {_num(r['mask_iou_mean'])}, "
+                   f"{r['false_candidates']} false candidates")  # fmt: skip
         elif stage == "merge" and r["status"] == "ok":
             fig = (f"{r['decisions']}, {_num(r['seconds'], '.1f')} s; held-out after-views: "
                    + _quality(r.get("heldout_after", {})))  # fmt: skip

@@ -59,6 +59,10 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert reg["registered"] + len(reg["rejections"]) == reg["photos"]
     assert reg["registered"] >= 1  # the small world's after-views are hard (README); some register
     assert reg["rotation_deg"]["max"] < 2.0 and reg["centre_pct_of_radius"]["median"] < 5.0
+    # detection is benchmarked on the whole after-capture: every change judged, the planter found moved
+    det = report["stages"]["detect"]
+    assert det["status"] == "ok" and det["changes"] == len(det["per_change"]) and 0 < det["recall"] <= 1
+    assert {e["id"]: e for e in det["per_change"]}["moved_planter"].get("predicted_kind") == "moved"
     # the merge is benchmarked with oracle removals: where objects left, the held-out views get closer to
     # the place as it is now; the cached scene itself is never changed
     mg = report["stages"]["merge"]
@@ -68,7 +72,7 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert scene.current_version() == 1 and len(scene.versions()) == 1
     table = format_table(report)
     assert "bootstrap" in table and "missing" in table and "after-photos registered" in table
-    assert "oracle removals" in table
+    assert "oracle removals" in table and "false candidates" in table
     json.dumps(report)  # serialisable as it is
 
 
