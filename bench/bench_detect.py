@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from bench.fixtures import fixture_world_and_scene
-from bench.runner import cached_bootstrap, emit_report, load_world
+from bench.runner import bench_detect, cached_bootstrap, emit_report, load_world
 from reconstruction.bootstrap import BootstrapConfig
 from reconstruction.changes import DetectConfig, detect_changes
 from reconstruction.train import preset
@@ -116,15 +116,6 @@ def judge_detection(doc: dict[str, Any], out: Path, world: Path, gt: dict[str, A
     }
 
 
-def _registration(world: Path, gt: dict[str, Any], poses: str, scene) -> dict[str, Any]:
-    if poses == "registered":
-        from reconstruction.registration import register_photos
-
-        return register_photos(scene.version(), world / "after" / "images")
-    return {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
-                        "cam_from_world": im["cam_from_world"]} for im in gt["after"]["images"]]}  # fmt: skip
-
-
 def bench_world(world: Path | None, poses: str, config: DetectConfig, keep: Path | None,
                 scene_from: Path | None = None) -> dict[str, Any]:  # fmt: skip
     if world is None:
@@ -135,15 +126,13 @@ def bench_world(world: Path | None, poses: str, config: DetectConfig, keep: Path
         src = scene_from or world  # a world without changes shares its twin's before-capture and scene
         boot = BootstrapConfig(train=preset("default"), progress=False)
         scene = cached_bootstrap(src, load_world(src), src / "before" / "images", boot, "before", "known")
-    reg = _registration(world, gt, poses, scene)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = keep or Path(tmp) / "detect"
-        t0 = time.perf_counter()
-        doc = detect_changes(scene.version(), world / "after" / "images", out, reg, config)
-        seconds = time.perf_counter() - t0
-        res = judge_detection(doc, out, world, gt)
-    return {"world": str(world), "size": gt.get("size"), "seed": gt.get("seed"), "poses": poses,
-            "photos": len(doc["photos"]), "seconds": seconds, **res}  # fmt: skip
+    reg = None
+    if poses == "registered":
+        from reconstruction.registration import register_photos
+
+        reg = register_photos(scene.version(), world / "after" / "images")
+    res = bench_detect(scene, world, gt, reg, config, keep)
+    return {"world": str(world), "size": gt.get("size"), "seed": gt.get("seed"), "poses": poses, **res}
 
 
 def bench_fox(fox: Path, config: DetectConfig, keep: Path | None) -> dict[str, Any]:

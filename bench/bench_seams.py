@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from bench.fixtures import fixture_config, fixture_world_and_scene
-from bench.runner import cached_bootstrap, emit_report, load_world
+from bench.runner import cached_bootstrap, emit_report, load_world, true_registration
 from reconstruction.cameras import Camera, Pose
 from reconstruction.merge import merge
 from reconstruction.render import render
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     boxes += [c["box_before"] for c in gt["changes"] if c["kind"] == "moved"]
     ids = [c["id"] for c in gt["changes"] if c["kind"] in ("removed", "moved")]
     cam = Camera.from_json(gt["cameras"]["after"])
-    reg = {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
-                       "cam_from_world": im["cam_from_world"]} for im in gt["after"]["images"]]}  # fmt: skip
+    reg = true_registration(gt)
     decisions = {
         "base_version": cached.version().number,
         "photos": {"registration": reg, "images": str(world / "after" / "images")},

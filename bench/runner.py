@@ -261,6 +261,14 @@ def judge_registration(doc: dict[str, Any], truth: dict[str, Pose] | None, radiu
     return out
 
 
+def true_registration(gt: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """An ``idu register --json`` document placing the after-photos (all, or ``names``) at their true poses:
+    later stages measured without registration's own error."""
+    return {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
+                        "cam_from_world": im["cam_from_world"]}
+                       for im in gt["after"]["images"] if names is None or im["name"] in names]}  # fmt: skip
+
+
 def bench_register(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
     """Register every after-photo against the scene; errors against the ground-truth after-cameras."""
     from reconstruction.registration import register_photos, scene_index
@@ -273,21 +281,23 @@ def bench_register(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, A
     return judge_registration(doc, truth, index.radius) | {"index_seconds": index_s}
 
 
-def bench_detect(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
-    """Detect the changes in the whole after-capture at its true poses (bench/bench_detect.py judges)."""
+def bench_detect(scene: Scene, world: Path, gt: dict[str, Any], reg: dict[str, Any] | None = None,
+                 config=None, keep: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Detect the changes in the whole after-capture (at its true poses unless ``reg`` is given), judged
+    by bench/bench_detect.py; the outputs go to ``keep`` when given."""
     import tempfile
 
     from bench.bench_detect import judge_detection
     from reconstruction.changes import detect_changes
 
-    reg = {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
-                       "cam_from_world": im["cam_from_world"]} for im in gt["after"]["images"]]}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(keep or tmp)
         t0 = time.perf_counter()
-        doc = detect_changes(scene.version(), world / "after" / "images", Path(tmp), reg)
+        doc = detect_changes(scene.version(), world / "after" / "images", out, reg or true_registration(gt),
+                             config)  # fmt: skip
         seconds = time.perf_counter() - t0
-        res = judge_detection(doc, Path(tmp), world, gt)
-    return {"seconds": seconds, **res}
+        res = judge_detection(doc, out, world, gt)
+    return {"photos": len(doc["photos"]), "seconds": seconds, **res}
 
 
 def bench_merge(
@@ -302,8 +312,7 @@ def bench_merge(
 
     cid = [c for c in gt["changes"] if c["kind"] in ("removed", "moved")]
     views = {im["name"]: im for im in gt["after"]["images"]}
-    reg = {"images": [{"name": n, "status": "registered", "camera": gt["cameras"]["after"],
-                       "cam_from_world": views[n]["cam_from_world"]} for n in update]}  # fmt: skip
+    reg = true_registration(gt, update)
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "update"
         photos.mkdir()

@@ -416,7 +416,7 @@ def detect(
     ] = "ssim",
     model: Annotated[
         str, typer.Option(help="Registered model name or local folder for --backend dinov2.")
-    ] = ("dinov2-small"),
+    ] = "dinov2-small",
     threshold: Annotated[
         float,
         typer.Option(help="Changed-pixel threshold in robust standard deviations of the comparison noise."),
@@ -470,12 +470,10 @@ def bench_world(
     import time
 
     from bench.worlds import WORLD_PRESETS, generate_world
-    from reconstruction.errors import IDUError
 
     t0 = time.perf_counter()
-    if size not in WORLD_PRESETS:
-        raise IDUError(f"unknown world size {size!r} (choose from {', '.join(WORLD_PRESETS)})")
-    config = None if changes else dataclasses.replace(WORLD_PRESETS[size], changes=False)
+    preset = WORLD_PRESETS.get(size)  # an unknown size is refused by generate_world
+    config = None if changes or preset is None else dataclasses.replace(preset, changes=False)
     world = generate_world(seed, out, size, config)
     seconds = time.perf_counter() - t0
     gt = json.loads((world / "gt.json").read_text())

@@ -56,6 +56,7 @@ from .errors import IDUError
 from .render import render
 from .splat_ops import remove
 from .splats import Splats
+from .train import _gauss_window
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ BACKENDS = ("ssim", "dinov2")
 #: Smallest noise scale of each dissimilarity: a scene that renders a photo almost exactly must not turn
 #: sensor noise into changes (2 % in chromaticity, 0.05 in NCC, 0.02 in DINOv2 cosine).
 NOISE_FLOOR = {"chroma": 0.02, "struct": 0.05, "dinov2": 0.02}
+
+
+Stats = dict[str, tuple[float, float]]  # dissimilarity -> (median, robust standard deviation)
 
 
 @dataclass
@@ -172,9 +176,7 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
         return img
     r = max(1, math.ceil(3 * sigma))
     r = min(r, img.shape[0] - 1, img.shape[1] - 1)
-    x = torch.arange(-r, r + 1, dtype=img.dtype)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
+    g = _gauss_window(2 * r + 1, sigma, dtype=img.dtype)
     c = img.shape[-1]
     t = F.pad(img.permute(2, 0, 1)[None], (r, r, r, r), mode="reflect")
     t = F.conv2d(t, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
@@ -303,7 +305,7 @@ def compare_photo(
     return Evidence(name, cam, pose, full, aligned, rgb, depth, alpha, raw, known)
 
 
-def noise_statistics(evidence: list[Evidence], config: DetectConfig) -> dict[str, tuple[float, float]]:
+def noise_statistics(evidence: list[Evidence], config: DetectConfig) -> Stats:
     """Median and robust standard deviation (1.4826 MAD) of each dissimilarity over the confidently
     rendered pixels of all photos together: the comparison's own noise, which sets the thresholds."""
     gen = torch.Generator().manual_seed(0)
@@ -323,9 +325,6 @@ def noise_statistics(evidence: list[Evidence], config: DetectConfig) -> dict[str
     return stats
 
 
-Stats = dict[str, tuple[float, float]]  # dissimilarity -> (median, robust standard deviation)
-
-
 def score_evidence(evidence: list[Evidence], config: DetectConfig, stats: Stats | None = None) -> Stats:
     """Fill each photo's score (the sum of its dissimilarities' robust z-scores), changed and changed_low
     maps; returns the noise statistics used (computed from the photos unless given)."""
@@ -340,7 +339,7 @@ def score_evidence(evidence: list[Evidence], config: DetectConfig, stats: Stats 
     return stats
 
 
-def _score(raw: dict[str, torch.Tensor], stats: dict[str, tuple[float, float]]) -> torch.Tensor:
+def _score(raw: dict[str, torch.Tensor], stats: Stats) -> torch.Tensor:
     return sum(((raw[k] - stats[k][0]) / stats[k][1]).clamp_min(0) for k in raw)
 
 
@@ -666,7 +665,7 @@ def _pair_moved(cands: list[Candidate], config: DetectConfig) -> list[Candidate]
                     dist <= config.moved_max_distance * max(_diag(r.box), _diag(a.box)):  # fmt: skip
                 pairs.append((colour, r, a))
     used: set[int] = set()
-    out = [c for c in cands]
+    out = list(cands)
     for _, r, a in sorted(pairs, key=lambda t: -t[0]):
         if id(r) in used or id(a) in used:
             continue
@@ -742,15 +741,14 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
 
 
 def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConfig,
-                    stats: dict[str, tuple[float, float]] | None = None,
+                    stats: Stats | None = None,
                     references: list[Reference] | None = None) -> list[Candidate]:  # fmt: skip
     """Lift the photos' changed pixels to 3D candidates (see the module docstring); with ``references``
     (the scene's own photos), added candidates that were already there are dropped."""
     if len(evidence) < config.min_views:
         return []
-    if evidence[0].score is None:
+    if evidence[0].score is None or stats is None:
         stats = score_evidence(evidence, config, stats)
-    stats = stats or noise_statistics(evidence, config)
     lo, hi = scene_bounds(splats)
     slo, shi = seen_bounds(evidence)
     lo, hi = np.maximum(lo, slo), np.minimum(hi, shi)
@@ -935,12 +933,12 @@ def detect_changes(
         ev = compare_photo(r["name"], rgb, camera, Pose.from_json(r["cam_from_world"]), splats, config)
         evidence.append(ev)
         photos[r["name"]] = "compared"
-    score_evidence(evidence, config)
+    stats = score_evidence(evidence, config)
     for ev in evidence:
         log.info("%s: %.1f%% of the pixels changed", ev.name, 100 * float(ev.changed.float().mean()))
     refs = [Reference(im.entry.name, im.entry.camera, im.entry.cam_from_world, version.scene.root / im.file)
             for im in version.images() if im.file and (version.scene.root / im.file).is_file()]  # fmt: skip
-    cands = find_candidates(evidence, splats, config, references=refs)
+    cands = find_candidates(evidence, splats, config, stats, refs)
     doc = write_outputs(Path(out), evidence, cands, config)
     doc = {"scene": version.scene.ref, "version": version.number, **doc, "photos": photos,
            "config": asdict(config), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip

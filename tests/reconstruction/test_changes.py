@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from bench.bench_detect import judge_detection
+from bench.runner import true_registration
 from reconstruction.cameras import Camera, Pose, quat_to_matrix
 from reconstruction.changes import DetectConfig, detect_changes, dissimilarity, fit_gains
 from reconstruction.errors import IDUError
@@ -167,8 +168,7 @@ def test_removed_and_moved_objects_name_their_gaussians(fixture, tmp_path, edit)
 def test_the_benchmark_worlds_after_capture(fixture, tmp_path):
     """The world generator's photos (its own renderer, the after sun): the moved planter."""
     world, scene, gt, _ = fixture
-    reg = {"images": [{"name": im["name"], "status": "registered", "camera": gt["cameras"]["after"],
-                       "cam_from_world": im["cam_from_world"]} for im in gt["after"]["images"]]}  # fmt: skip
+    reg = true_registration(gt)
     out = tmp_path / "out"
     doc = detect_changes(scene.version(), world / "after" / "images", out, reg)
     res = {e["id"]: e for e in judge_detection(doc, out, world, gt)["per_change"]}
