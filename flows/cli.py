@@ -443,6 +443,224 @@ def detect(
         _emit(doc)
 
 
+def _store_of(ref: str) -> Path:
+    from reconstruction.store import parse_scene_ref
+
+    return parse_scene_ref(ref)[0]
+
+
+def _review_hint(conn, run) -> None:
+    key = run.state.state_details.pause_key
+    where = f"{conn.ui_url}/api/runs/{run.id}/reviews/{key}" if conn.ui_url else f"run {run.id}, key {key}"
+    typer.echo(
+        f"review waiting: change {key} of run {run.name}: decide with `idu review decide {run.id} "
+        f"{key} --action approve --reviewer NAME` (or POST {where})",
+        err=True,
+    )
+
+
+@app.command("update")
+@command
+def update(
+    ref: SceneRef,
+    images: Annotated[Path, typer.Option(help="Folder of new photos.")],
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve every change.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the run to finish (and its reviews).")
+    ] = False,
+    review_timeout_hours: Annotated[float, typer.Option(help="How long each review may wait.")] = 168.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up waiting after this many seconds.")] = None,
+    json_out: JsonFlag = False,
+):
+    """Update a scene from new photos: register, detect, make assets, review each change, merge.
+
+    Uses the Prefect server of PREFECT_API_URL or of a running `idu serve`; with neither, starts an embedded
+    one for the duration of the command (which then waits for the run)."""
+    from flows import runs
+    from flows.update_scene import UpdateOptions
+
+    _scene(ref).version()  # the scene must exist: fail before starting anything
+    if not images.is_dir():
+        raise FileNotFoundError(2, "no such folder of photos", str(images))
+    with runs.connect(_store_of(ref)) as conn:
+        options = UpdateOptions(
+            auto_approve=auto_approve, review_timeout_hours=review_timeout_hours, review_url=conn.ui_url
+        )
+        run = runs.start(
+            "update-scene",
+            {
+                "scene": str(Path(ref).resolve()),
+                "images": str(images.resolve()),
+                "options": options.model_dump(),
+            },
+        )
+        typer.echo(f"started update run {run.name} ({run.id}) on {conn.api_url}", err=True)
+        if conn.embedded and not wait:
+            typer.echo("no `idu serve` is running for this store: waiting here for the run", err=True)
+        if not (wait or conn.embedded):
+            if json_out:
+                _emit(
+                    {
+                        "run_id": str(run.id),
+                        "run_name": run.name,
+                        "state": "scheduled",
+                        "review_url": conn.ui_url,
+                    }
+                )
+            return
+        done = runs.wait(run.id, on_pause=lambda r: _review_hint(conn, r), timeout=timeout)
+        res = runs.result(done)
+    typer.echo(
+        f"update of {ref}: {res['outcome']}" + (f", version {res['version']}" if res.get("version") else ""),
+        err=True,
+    )
+    if json_out:
+        _emit({**res, "run_name": done.name})
+
+
+@app.command("runs")
+@command
+def runs_cmd(
+    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    json_out: JsonFlag = False,
+):
+    """Recent IDU runs and the reviews waiting for a decision."""
+    from flows import runs
+    from review_ui.service import pending_reviews, recent_runs
+
+    with runs.connect(store) as conn:
+        if conn.embedded:
+            typer.echo("(no server was running: started one; it has no runs of its own)", err=True)
+        doc = {
+            "runs": recent_runs(),
+            "reviews": [{k: v for k, v in r.items() if k != "proposal"} for r in pending_reviews()],
+        }
+    for r in doc["runs"]:
+        typer.echo(
+            f"{r['started'] or '-':32} {r['flow']:16} {r['state']:12} {r['name']} {r['scene'] or ''}",
+            err=True,
+        )
+    for r in doc["reviews"]:
+        typer.echo(
+            f"review waiting: {r['scene']} change {r['key']} (run {r['run_id']}, since {r['since']})",
+            err=True,
+        )
+    if json_out:
+        _emit(doc)
+
+
+review_app = typer.Typer(no_args_is_help=True, help="Decide on the changes waiting for review.")
+app.add_typer(review_app, name="review")
+
+
+def _floats(text: str | None, n: int, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != n:
+        raise typer.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=option)
+    return vals
+
+
+@review_app.command("decide")
+@command
+def review_decide(
+    run_id: Annotated[str, typer.Argument(help="The suspended update run.")],
+    key: Annotated[str, typer.Argument(help="The change it waits for (its pause key, e.g. v1-c1-r0).")],
+    action: Annotated[str, typer.Option(help="approve|reject|relabel|adjust|regenerate")],
+    reviewer: Annotated[str, typer.Option(help="Who decides.")],
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    label: Annotated[
+        str | None, typer.Option(help="person|vehicle|object|structure|vegetation|other")
+    ] = None,
+    translation: Annotated[str | None, typer.Option(help="Move by x,y,z metres (scene frame).")] = None,
+    rotation: Annotated[str | None, typer.Option(help="Turn by a quaternion w,x,y,z.")] = None,
+    scale: Annotated[float | None, typer.Option(help="Scale by this factor.")] = None,
+    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    json_out: JsonFlag = False,
+):
+    """Resume a suspended update run with a decision (the server validates it)."""
+    from flows import runs
+    from review_ui.service import decide
+
+    d: dict[str, Any] = {"action": action, "reviewer": reviewer, "comment": comment}
+    for k, v in (
+        ("label", label),
+        ("translation", _floats(translation, 3, "--translation")),
+        ("rotation_wxyz", _floats(rotation, 4, "--rotation")),
+        ("scale", scale),
+    ):
+        if v is not None:
+            d[k] = v
+    with runs.connect(store) as conn:
+        if conn.embedded:
+            raise runs.RunError("no Prefect server is running for this store (start `idu serve`)")
+        out = decide(run_id, key, d)
+    typer.echo(f"run {run_id}: {action} on {key} sent", err=True)
+    if json_out:
+        _emit(out)
+
+
+@review_app.command("list")
+@command
+def review_list(
+    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    json_out: JsonFlag = False,
+):
+    """Changes waiting for a decision, oldest first."""
+    from flows import runs
+    from review_ui.service import pending_reviews
+
+    with runs.connect(store) as conn:
+        if conn.embedded:
+            raise runs.RunError("no Prefect server is running for this store (start `idu serve`)")
+        revs = pending_reviews()
+    for r in revs:
+        c = (r.get("proposal") or {}).get("change") or {}
+        typer.echo(
+            f"{r['since']} {r['scene']} {r['key']}: {c.get('kind')} (confidence {c.get('confidence')}) "
+            f"run {r['run_id']}",
+            err=True,
+        )
+    if json_out:
+        _emit({"reviews": revs})
+
+
+@app.command("serve")
+@command
+def serve_cmd(
+    store: Annotated[Path, typer.Option(help="Store folder.")] = Path("store"),
+    host: Annotated[str, typer.Option(help="Review UI address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Review UI port.")] = 8080,
+):
+    """Run IDU on this machine: a Prefect server (embedded, SQLite under STORE/.prefect, unless
+    PREFECT_API_URL names one), the deployments (update-scene, refresh-scenes, bootstrap-scene) and the
+    review UI. Ctrl-C stops everything."""
+    import signal
+    import threading
+
+    from flows.services import services
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with services(store, host, port) as s:
+        typer.echo(
+            f"IDU serving {store.resolve()}\n  Prefect API: {s.api_url}\n  Prefect UI:  "
+            f"{s.api_url.removesuffix('/api')}\n  review:      {s.ui_url}\nCtrl-C to stop",
+            err=True,
+        )
+        while not stop.is_set():
+            for p in list(s.processes.values()):
+                if p.proc is not None and p.proc.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited with code {p.proc.returncode} (log: {p.log_path})")
+            stop.wait(1.0)
+        typer.echo("stopping ...", err=True)
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmark worlds with ground truth.")
 app.add_typer(bench_app, name="bench")
 

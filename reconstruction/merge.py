@@ -39,6 +39,7 @@ decisions, the reviewers, the photos used, the flow run id and a diff per change
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -561,15 +562,20 @@ def merge(
     base_dir: str | os.PathLike = ".",
     flow_run_id: str | None = None,
     seams: SeamConfig | None = None,
+    writer=None,
+    publish: bool = True,
 ) -> dict[str, Any]:
     """Apply the approved decisions to ``decisions["base_version"]`` and write the next version.
 
     ``seams``: refine the Gaussians near the edits against the new photos (reconstruction.seams; needs
     ``photos`` in the decisions). Off by default: the merge is then a pure edit of the parent.
+    ``writer``: a ``SceneWriter`` the caller already holds (default: take the scene's lock here).
+    ``publish=False`` only stages the version (``"staged"`` in the result): the caller publishes or
+    discards it with the same writer (the update flow does so in a Prefect transaction).
 
     Returns:
         ``{"scene", "version", "parent", "diff": {change_id: {"removed", "added"}}, "num_gaussians",
-        "model": {...}, "seconds"}``.
+        "model": {...}, "seconds"}`` (+ ``"staged"``: ``StagedVersion.to_json()`` when not published).
     Raises:
         DecisionError: an invalid decision (nothing is written); SceneStoreError: the base version is no
         longer current (re-detect), or another writer holds the scene.
@@ -623,16 +629,21 @@ def merge(
     image_files = {n: scene.root / im.file for n, im in stored.items() if im.file}
     image_files.update(files)
     n_applied = sum(d.applied for d in parsed)
-    with scene.writer() as w:
-        number = w.add_version(
+    with contextlib.ExitStack() as stack:
+        w = writer if writer is not None else stack.enter_context(scene.writer())
+        staged = w.stage_version(
             edited, model, entries, image_files, reason=f"merge of {n_applied} change(s)", parent=base,
             expected_base=base, flow_run_id=flow_run_id,
             extra_meta={"decisions": [d.record() for d in parsed], "reviewers": reviewers,
                         "photos": sorted(files), "diff": diff, "model_growth": model_stats,
                         "seams": seam_stats},
         )  # fmt: skip
-    return {"scene": scene.ref, "version": number, "parent": base, "diff": diff, "num_gaussians": num_out,
-            "model": model_stats, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        number = w.publish(staged) if publish else staged.number
+    out = {"scene": scene.ref, "version": number, "parent": base, "diff": diff, "num_gaussians": num_out,
+           "model": model_stats, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    if not publish:
+        out["staged"] = staged.to_json()
+    return out
 
 
 def read_decisions(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:

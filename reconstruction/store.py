@@ -112,6 +112,28 @@ def _now() -> str:
 
 
 @dataclass
+class StagedVersion:
+    """A version written into ``.staging`` and not yet published (``SceneWriter.stage_version``)."""
+
+    number: int
+    path: Path
+    parent: int | None
+    expected_base: int | None | str
+    reason: str
+    num_gaussians: int
+    num_images: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "path": str(self.path), "parent": self.parent,
+                "expected_base": self.expected_base, "reason": self.reason,
+                "num_gaussians": self.num_gaussians, "num_images": self.num_images}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StagedVersion:
+        return cls(**{**d, "path": Path(d["path"])})
+
+
+@dataclass
 class StoredImage:
     """A registered photo of a version: pose, camera and the content hash of its file (if stored)."""
 
@@ -341,7 +363,8 @@ class SceneWriter:
         lineage: dict[str, Any] | None = None,
         extra_meta: dict[str, Any] | None = None,
     ) -> int:
-        """Write the next version completely, validate it, then move ``current`` to it.
+        """Write the next version completely, validate it, then move ``current`` to it
+        (``stage_version`` then ``publish``).
 
         Args:
             splats: the version's Gaussians (validated here), or a function that writes them as an INRIA PLY
@@ -354,6 +377,31 @@ class SceneWriter:
                 (a merge computed against an older version must be re-done).
         Returns:
             the new version number.
+        """
+        staged = self.stage_version(
+            splats, model, images, image_files, reason=reason, parent=parent, expected_base=expected_base,
+            flow_run_id=flow_run_id, lineage=lineage, extra_meta=extra_meta,
+        )  # fmt: skip
+        return self.publish(staged)
+
+    def stage_version(
+        self,
+        splats: Splats | Callable[[Path], int],
+        model: pycolmap.Reconstruction,
+        images: list[ImageEntry],
+        image_files: dict[str, Path] | None = None,
+        *,
+        reason: str,
+        parent: int | None | str = "current",
+        expected_base: int | None | str = "any",
+        flow_run_id: str | None = None,
+        lineage: dict[str, Any] | None = None,
+        extra_meta: dict[str, Any] | None = None,
+    ) -> StagedVersion:
+        """Write the next version into ``.staging`` (complete, fsynced, read back, read-only); nobody sees it
+        until ``publish`` renames it into place. ``discard`` removes it. Arguments as ``add_version``.
+
+        The staged folder lives as long as this writer holds the lock: the next writer removes leftovers.
         """
         scene = self.scene
         if not callable(splats):
@@ -402,17 +450,44 @@ class SceneWriter:
             for dirpath, _, files in os.walk(staging):
                 for f in files:
                     os.chmod(os.path.join(dirpath, f), 0o444)
-            final = scene.root / f"v{number}"
-            os.rename(staging, final)
-            _fsync_dir(scene.root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.set_current(number, event="new_version", reason=reason)
+        return StagedVersion(number, staging, parent, expected_base, reason, num_gaussians, len(stored))
+
+    def publish(self, staged: StagedVersion) -> int:
+        """Rename a staged version into place (``vN``) and move ``current`` to it. Refused
+        (SceneStoreError, the staged folder removed) when ``current`` moved since it was staged."""
+        scene = self.scene
+        current = scene.current_version()
+        if staged.expected_base != "any" and current != staged.expected_base:
+            self.discard(staged)
+            raise SceneStoreError(
+                f"{scene.ref}: current version is {current}, not {staged.expected_base}; "
+                "re-run against the new version"
+            )
+        final = scene.root / f"v{staged.number}"
+        if final.exists():
+            self.discard(staged)
+            raise SceneStoreError(f"{scene.ref}: version {staged.number} was written by someone else")
+        if not staged.path.is_dir():
+            raise SceneStoreError(f"{staged.path}: the staged version is gone (discarded or cleaned up)")
+        os.rename(staged.path, final)
+        _fsync_dir(scene.root)
+        self.set_current(staged.number, event="new_version", reason=staged.reason)
         log.info(
-            "%s: wrote version %d (%d Gaussians, %d images)", scene.ref, number, num_gaussians, len(stored)
-        )
-        return number
+            "%s: wrote version %d (%d Gaussians, %d images)",
+            scene.ref, staged.number, staged.num_gaussians, staged.num_images,
+        )  # fmt: skip
+        return staged.number
+
+    def discard(self, staged: StagedVersion) -> bool:
+        """Remove a staged version that was not published; True if there was one to remove."""
+        if not staged.path.is_dir():
+            return False
+        shutil.rmtree(staged.path, ignore_errors=True)
+        log.info("%s: discarded staged version %d", self.scene.ref, staged.number)
+        return True
 
     @staticmethod
     def _validate(folder: Path, n: int, num_images: int) -> None:

@@ -1,0 +1,162 @@
+"""What the review UI and the CLI ask of Prefect: pending reviews, decisions, runs.
+
+A pending review is an ``update-scene`` run in the *Suspended* state; its pause key names the change
+(``v<base>-<change id>-r<round>``) and the flow stored the proposal next to it (a flow-run input,
+``idu-proposal-<key>``). A decision resumes the run with typed input that the server validates against
+``flows.update_scene.ReviewDecision``; everything the server refuses comes back as a ReviewError with its
+reason, and the run stays suspended.
+
+    for r in pending_reviews():
+        decide(r["run_id"], r["key"], {"action": "approve", "reviewer": "ana"})
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+from uuid import UUID
+
+from reconstruction.errors import IDUError
+
+UPDATE_FLOW = "update-scene"
+IDU_FLOWS = ("update-scene", "refresh-scenes", "bootstrap-scene")
+
+
+class ReviewError(IDUError):
+    """A decision the server or the run refused (invalid, already decided, timed out, another run's)."""
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _run_id(run_id: str | UUID) -> UUID:
+    try:
+        return UUID(str(run_id))
+    except ValueError:
+        raise ReviewError(f"{run_id!r}: not a flow run id") from None
+
+
+def _flow_names(client, runs) -> dict:
+    return {fid: client.read_flow(fid).name for fid in {r.flow_id for r in runs}}
+
+
+def _timeout(state) -> tuple[str | None, bool]:
+    t = state.state_details.pause_timeout
+    if t is None:
+        return None, False
+    return t.isoformat(), t < _dt.datetime.now(_dt.UTC)
+
+
+def pending_reviews(limit: int = 200) -> list[dict[str, Any]]:
+    """Suspended update runs waiting for a decision, oldest first, with what the flow proposed."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.update_scene import PROPOSAL_PREFIX
+
+    out = []
+    with _client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            ),
+            sort=FlowRunSort.START_TIME_ASC,
+            limit=limit,
+        )
+        names = _flow_names(client, runs)
+        for r in runs:
+            if names.get(r.flow_id) != UPDATE_FLOW or not r.state.state_details.pause_key:
+                continue
+            key = r.state.state_details.pause_key
+            try:
+                import orjson
+
+                proposal = orjson.loads(client.read_flow_run_input(r.id, PROPOSAL_PREFIX + key))
+            except Exception:
+                proposal = None
+            timeout, expired = _timeout(r.state)
+            out.append(
+                {
+                    "run_id": str(r.id),
+                    "run_name": r.name,
+                    "key": key,
+                    "change_id": (proposal or {}).get("change", {}).get("id"),
+                    "scene": r.parameters.get("scene"),
+                    "since": r.state.timestamp.isoformat(),
+                    "timeout": timeout,
+                    "expired": expired,
+                    "proposal": proposal,
+                }
+            )
+    out.sort(key=lambda d: d["since"])
+    return out
+
+
+def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Resume run ``run_id`` with ``decision`` on the change it waits for (``key``, its pause key).
+
+    Raises:
+        ReviewError: no such run; it is not waiting (already decided, finished); it waits for another
+        change; the review timed out (the run then fails and nothing is merged); the server refused the
+        decision (the reason names the field) — the run stays suspended.
+    """
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.exceptions import ObjectNotFound
+
+    rid = _run_id(run_id)
+    with _client() as client:
+        try:
+            run = client.read_flow_run(rid)
+        except ObjectNotFound:
+            raise ReviewError(f"run {rid}: no such flow run") from None
+        state = run.state
+        if state is None or state.type != StateType.PAUSED:
+            raise ReviewError(
+                f"run {rid} is not waiting for a review (it is {state.name if state else 'new'})"
+            )
+        if state.state_details.pause_key != key:
+            raise ReviewError(f"run {rid} waits for a decision on {state.state_details.pause_key}, not {key}")
+        res = client.resume_flow_run(rid, run_input=decision)
+        if res.status == SetStateStatus.ACCEPT:
+            return {"run_id": str(rid), "key": key, "status": "resumed"}
+        reason = getattr(res.details, "reason", None) or str(res.status)
+        after = client.read_flow_run(rid).state
+        if after is not None and after.type == StateType.FAILED:
+            raise ReviewError(f"run {rid}: the review of {key} timed out; nothing was merged ({reason})")
+        raise ReviewError(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
+
+
+def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
+    """IDU flow runs, newest first: name, flow, state, scene, start and end."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    out = []
+    with _client() as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        names = _flow_names(client, runs)
+        for r in runs:
+            flow = names.get(r.flow_id)
+            if flow not in IDU_FLOWS:
+                continue
+            out.append(
+                {
+                    "run_id": str(r.id),
+                    "name": r.name,
+                    "flow": flow,
+                    "state": r.state.name if r.state else None,
+                    "state_type": r.state.type.value if r.state else None,
+                    "scene": r.parameters.get("scene"),
+                    "started": r.start_time.isoformat() if r.start_time else None,
+                    "ended": r.end_time.isoformat() if r.end_time else None,
+                    "deployment_id": str(r.deployment_id) if r.deployment_id else None,
+                }
+            )
+    return out
+
+
+__all__ = ["ReviewError", "decide", "pending_reviews", "recent_runs"]

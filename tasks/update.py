@@ -1,0 +1,175 @@
+"""Prefect tasks of an update run: thin wrappers of the stages (reconstruction/, generation/).
+
+Each cached task is keyed by its inputs (the scene, the version it reads, the content hash of the photo
+batch, the options) and its source, and persists its result, so a run that resumes after a review that
+took days, or after the server or the worker restarted, recomputes nothing. The files a task writes live
+in the batch's work folder (``STORE/.updates/NAME/<batch>/``), named by the version they were computed
+against; a task's result is the small JSON document that names them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.transactions import get_transaction
+
+from reconstruction.store import SceneStore, StagedVersion, file_sha256, parse_scene_ref
+
+CACHED = INPUTS + TASK_SOURCE
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+
+
+def scene_of(ref: str):
+    store, name = parse_scene_ref(ref)
+    return SceneStore(store).scene(name)
+
+
+def work_folder(ref: str, batch: str) -> Path:
+    store, name = parse_scene_ref(ref)
+    return Path(store).resolve() / ".updates" / name / batch[:16]
+
+
+def batch_hash(files: list[Path]) -> str:
+    """Content hash of a photo batch: names and bytes, independent of where the folder is."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+@task(name="snapshot photos", cache_policy=NO_CACHE)
+def snapshot_photos(scene: str, images: str) -> dict[str, Any]:
+    """Copy the batch into its work folder (the run then no longer depends on the inbox); the batch is
+    named by its content hash. Hidden files are skipped; everything else is passed on (registration
+    rejects what is not a photo, with the reason)."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of photos")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"{folder}: no photos in the folder")
+    h = batch_hash(files)
+    dst = work_folder(scene, h) / "photos"
+    if not dst.is_dir():
+        tmp = dst.with_name(f".photos.{h[:8]}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
+        tmp.rename(dst)
+    get_run_logger().info("batch %s: %d file(s) from %s", h[:16], len(files), folder)
+    return {"hash": h, "photos": str(dst), "files": [f.name for f in files], "source": str(folder)}
+
+
+@task(name="register", cache_policy=CACHED, persist_result=True)
+def register(scene: str, version: int, batch: dict[str, Any]) -> dict[str, Any]:
+    """Poses of the batch's photos in the scene frame (reconstruction.registration)."""
+    from reconstruction.registration import register_photos
+
+    out = work_folder(scene, batch["hash"]) / f"v{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    doc = register_photos(scene_of(scene).version(version), batch["photos"])
+    (out / "registration.json").write_text(json.dumps(doc, indent=1) + "\n")
+    n = sum(r["status"] == "registered" for r in doc["images"])
+    get_run_logger().info("registered %d of %d photo(s) against version %d", n, len(doc["images"]), version)
+    return doc
+
+
+@task(name="detect changes", cache_policy=CACHED, persist_result=True)
+def detect(
+    scene: str,
+    version: int,
+    batch: dict[str, Any],
+    registration: dict[str, Any],
+    detect_options: dict[str, Any],
+) -> dict[str, Any]:
+    """Change candidates (reconstruction.changes) with masks, crops and overviews in the work folder."""
+    from reconstruction.changes import DetectConfig, detect_changes
+
+    out = work_folder(scene, batch["hash"]) / f"v{version}" / "detect"
+    if out.exists():
+        shutil.rmtree(out)
+    doc = detect_changes(
+        scene_of(scene).version(version), batch["photos"], out, registration, DetectConfig(**detect_options)
+    )
+    doc["folder"] = str(out)
+    get_run_logger().info(
+        "%d candidate(s): %s",
+        len(doc["candidates"]),
+        ", ".join(f"{c['id']} {c['kind']}" for c in doc["candidates"]) or "none",
+    )
+    return doc
+
+
+@task(name="make asset", cache_policy=CACHED, persist_result=True)
+def make_asset(
+    scene: str,
+    version: int,
+    batch: dict[str, Any],
+    detection: dict[str, Any],
+    candidate: dict[str, Any],
+    registration: dict[str, Any],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Gaussians for an added object (generation.assets); ``seed`` > 0 when a reviewer asked to regenerate."""
+    from generation.assets import HullConfig, asset_for_candidate
+
+    out = work_folder(scene, batch["hash"]) / f"v{version}" / "assets" / f"seed{seed}"
+    doc = asset_for_candidate(
+        detection["folder"], candidate, registration, batch["photos"], out, HullConfig(seed=seed)
+    )
+    doc["path"] = str(out / doc["asset"])
+    return doc
+
+
+@task(name="stage merge", cache_policy=NO_CACHE)
+def stage_merge(writer, decisions: dict[str, Any], base_dir: str, flow_run_id: str | None) -> dict[str, Any]:
+    """Write the new version into the store's staging area (not visible until published)."""
+    from reconstruction.merge import merge
+
+    res = merge(writer.scene, decisions, base_dir, flow_run_id=flow_run_id, writer=writer, publish=False)
+    get_transaction().set("staged", res["staged"])
+    get_run_logger().info("staged version %d (parent %d)", res["version"], res["parent"])
+    return res
+
+
+@stage_merge.on_rollback
+def _discard_staged(txn) -> None:
+    from prefect.logging import get_logger
+
+    staged = txn.get("staged", None)
+    if staged is not None:
+        st = StagedVersion.from_json(staged)
+        scene = scene_of(str(Path(st.path).parent.parent))
+        from reconstruction.store import SceneWriter
+
+        SceneWriter(scene).discard(st)  # the flow still holds the scene's lock
+        get_logger("idu.update").warning("rolled back: removed staged version %d", st.number)
+
+
+@task(name="publish version", cache_policy=NO_CACHE)
+def publish(writer, staged: dict[str, Any]) -> int:
+    """Move ``current`` to the staged version (atomic rename); refused if ``current`` moved meanwhile."""
+    number = writer.publish(StagedVersion.from_json(staged))
+    get_run_logger().info("published version %d", number)
+    return number
+
+
+__all__ = [
+    "batch_hash",
+    "detect",
+    "make_asset",
+    "publish",
+    "register",
+    "scene_of",
+    "snapshot_photos",
+    "stage_merge",
+    "work_folder",
+]

@@ -1,0 +1,105 @@
+"""A real Prefect server, IDU's served deployments and the review API, in subprocesses, once per session;
+scenes are copies of the fixture world's before-scene (the small benchmark world, seed 0)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def idu_services(tmp_path_factory):
+    from flows.services import services
+
+    store = tmp_path_factory.mktemp("flows") / "store"
+    with services(store) as s:
+        yield s
+
+
+def copy_scene(src, store: Path, name: str):
+    """A copy of scene ``src`` as ``store/name`` (without its caches: the copy builds its own)."""
+    from reconstruction.store import SceneStore
+
+    dst = Path(store) / name
+    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns(".cache", ".work", ".lock", ".staging"))
+    return SceneStore(store).scene(name)
+
+
+@pytest.fixture
+def new_scene(idu_services, bench_world, request):
+    """A fresh copy of the fixture scene in the services' store, named after the test."""
+    _, scene = bench_world
+    name = request.node.name.replace("[", "-").replace("]", "")[:60]
+    return copy_scene(scene, idu_services.store, name)
+
+
+@pytest.fixture
+def after_photos(bench_world, tmp_path):
+    """The world's after-capture (the planter moved, a van, a person; 2 of its 6 photos register)."""
+    world, _ = bench_world
+
+    def batch(name: str = "batch", prefix: str = "") -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        for p in sorted((world / "after" / "images").iterdir()):
+            shutil.copy2(p, out / f"{prefix}{p.name}")
+        return out
+
+    return batch
+
+
+def read_run(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(str(run_id)))
+
+
+def wait_for(run_id, pred, timeout: float = 300.0):
+    """The run once ``pred(run)`` holds (AssertionError naming its state after ``timeout``)."""
+    t0 = time.monotonic()
+    while True:
+        run = read_run(run_id)
+        if pred(run):
+            return run
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(
+                f"run {run.name}: still {run.state.name} after {timeout:.0f} s: {run.state.message}"
+            )
+        time.sleep(0.5)
+
+
+def suspended(key: str | None = None):
+    def pred(run):
+        st = run.state
+        if st.is_final():
+            raise AssertionError(f"run {run.name} ended {st.name}: {st.message}")
+        return st.is_paused() and (key is None or st.state_details.pause_key == key)
+
+    return pred
+
+
+def final(run) -> bool:
+    return run.state.is_final()
+
+
+def task_states(run_id) -> dict[str, list[str]]:
+    """State names of the run's task runs by task name (e.g. {"register": ["Completed", "Cached"]})."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        trs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,
+        )
+    out: dict[str, list[str]] = {}
+    for t in trs:
+        out.setdefault(t.name.rsplit("-", 1)[0], []).append(t.state.name)
+    return out
