@@ -282,7 +282,9 @@ def services(
                 s.start_ui(host, ui_port)
             state = prefect_home(store) / "serve.json"
             state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(json.dumps({"api_url": api_url, "ui_url": s.ui_url, "pid": os.getpid()}) + "\n")
+            pids = {n: p.proc.pid for n, p in s.processes.items() if p.proc is not None}
+            doc = {"api_url": api_url, "ui_url": s.ui_url, "pid": os.getpid(), "processes": pids}
+            state.write_text(json.dumps(doc) + "\n")
             yield s
         finally:
             s.stop_all()
