@@ -1,97 +1,156 @@
-"""`make demo`: the most complete path IDU has, end to end, through the `idu` command line.
+"""`make demo`: IDU's main job end to end, through the `idu` command line and a real Prefect server.
 
-Today: make a sample place (photos + COLMAP model + splats) -> `idu scene import` -> `info` ->
-`render` at a photo's pose (PSNR against the photo) -> `export` (ply, splat, spz) -> a second import
--> `versions` -> `rollback`. The orchestration issue turns this into the full update from new photos.
+1. the small benchmark world (seed 0; generated once, cached under IDU_CACHE_DIR);
+2. `idu serve` on the demo store (embedded Prefect server, IDU's deployments, the review API);
+3. `idu scene bootstrap` of its before-photos (the bootstrap-scene deployment; kept between demos);
+4. `idu update` with its after-photos: register, detect, make assets, review each change, merge.
+   With DEMO_AUTO_APPROVE=1 (or without a terminal) every change is approved; otherwise the demo prints
+   how to decide on each change and waits for the decisions;
+5. the new version: its lineage, before/after renders at a new photo's pose, an exported PLY.
+
+    python -m bench.demo --out demo_out
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+IDU = [sys.executable, "-m", "flows.cli"]
 
 
-def idu(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "flows.cli", *args, "--json"]
-    print("$ idu " + " ".join(args), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def say(msg: str) -> None:
+    print(f"demo: {msg}", file=sys.stderr, flush=True)
+
+
+def idu(*args: str, wait_stderr: bool = False) -> dict:
+    cmd = [*IDU, *map(str, args), "--json"]
+    print("$ idu " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+    p = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=None if wait_stderr else subprocess.PIPE, text=True
+    )
     if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"demo: `idu {' '.join(args)}` failed")
+        if p.stderr:
+            sys.stderr.write(p.stderr)
+        raise SystemExit(f"demo: `idu {' '.join(map(str, args))}` failed")
     return json.loads(p.stdout)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(float) - b.astype(float)) ** 2) / 255.0**2
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+def start_serve(store: Path, port: int, log: Path) -> tuple[subprocess.Popen, dict]:
+    state = store / ".prefect" / "serve.json"
+    state.unlink(missing_ok=True)
+    out = open(log, "w")
+    proc = subprocess.Popen([*IDU, "serve", "--store", str(store), "--port", str(port)], stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    t0 = time.monotonic()
+    while not state.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: `idu serve` exited ({log}):\n{log.read_text()[-2000:]}")
+        if time.monotonic() - t0 > 300:
+            raise SystemExit(f"demo: `idu serve` did not come up in 300 s ({log})")
+        time.sleep(0.5)
+    return proc, json.loads(state.read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo_out"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "0")), help="review UI port")
     a = ap.parse_args()
-    out: Path = a.out
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-
-    from bench.sample_scene import make_sample_dataset
-
-    print("demo: making a sample place (splats, 16 photos, COLMAP model)", file=sys.stderr)
-    ds = make_sample_dataset(out / "sample", seed=0, num_views=16)
+    out: Path = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     store = out / "store"
-    ref = f"{store}/sample"
+    ref = f"{store}/plaza"
+    auto = os.environ.get("DEMO_AUTO_APPROVE") == "1" or not sys.stdin.isatty()
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
 
-    def import_colmap(ply: Path) -> dict:
-        return idu("scene", "import", str(ds), "--store", str(store), "--name", "sample",
-                   "--format", "colmap", "--ply", str(ply))  # fmt: skip
+    from bench.fixtures import fixture_world
 
-    imp = import_colmap(ds / "splats.ply")
-    info = idu("scene", "info", ref)
-    name = info["images"][3]["name"]
-    r = idu(
-        "scene",
-        "render",
-        ref,
-        "--image",
-        name,
-        "--out",
-        str(out / f"render_{Path(name).stem}.png"),
-        "--background",
-        "0.62,0.72,0.85",
-    )
-    quality = psnr(
-        np.asarray(Image.open(r["out"]).convert("RGB")),
-        np.asarray(Image.open(ds / "images" / name).convert("RGB")),
-    )
-    exports = {
-        fmt: idu("scene", "export", ref, "--format", fmt, "--out", str(out / f"sample.{fmt}"))
-        for fmt in ("ply", "splat", "spz")
-    }
-    import_colmap(out / "sample.ply")
-    versions = idu("scene", "versions", ref)
-    rb = idu("scene", "rollback", ref, "--to", "1")
+    say("the small benchmark world, seed 0 (generated once, then cached)")
+    world = fixture_world()
+    times["world"] = time.perf_counter() - t0
+    say(f"world: {world} (before/images: 30 photos, after/images: 6 photos of the changed place)")
 
+    serve, urls = start_serve(store, a.port, out / "serve.log")
+    times["serve"] = time.perf_counter() - t0 - sum(times.values())
+    say(f"idu serve is up: Prefect UI {urls['api_url'].removesuffix('/api')}, review API {urls['ui_url']}")
+    try:
+        from reconstruction.store import SceneStore
+
+        scene = SceneStore(store).scene("plaza")
+        if scene.exists and scene.version_numbers() and scene.version(1).meta.get("reason") == "bootstrap":
+            say("the bootstrapped scene from an earlier demo is kept: back to its version 1")
+            idu("scene", "rollback", ref, "--to", "1")
+        else:
+            say("bootstrapping the scene from the before-photos (SfM with the known cameras + 3DGS training)")
+            idu("scene", "bootstrap", world / "before" / "images", "--store", store, "--name", "plaza",
+                "--preset", "fast", "--poses", world / "gt.json", wait_stderr=True)  # fmt: skip
+        times["bootstrap"] = time.perf_counter() - t0 - sum(times.values())
+        base = scene.current_version()
+
+        how = (
+            " (every change approved automatically)"
+            if auto
+            else (": decide on each change with the commands printed below (or POST to the review API)")
+        )
+        say("updating it from the after-photos" + how)
+        args = ["update", ref, "--images", world / "after" / "images", "--wait"]
+        res = idu(*args, *(["--auto-approve"] if auto else []), wait_stderr=True)
+        times["update"] = time.perf_counter() - t0 - sum(times.values())
+
+        version = res.get("version")
+        looks: dict[str, str] = {}
+        if version:
+            from PIL import Image
+
+            work = store / ".updates" / "plaza" / res["batch"][:16] / f"v{base}"
+            reg = {r["name"]: r for r in json.loads((work / "registration.json").read_text())["images"]}
+            name = next(n for n, s in res["photos"].items() if s == "registered")
+            pose = out / "pose.json"
+            pose.write_text(
+                json.dumps({"name": name} | {k: reg[name][k] for k in ("cam_from_world", "camera")})
+            )
+            for v in (base, version):
+                r = idu(
+                    "scene", "render", ref, "--pose-json", pose, "--version", v, "--out", out / f"v{v}_{name}"
+                )
+                looks[f"render v{v}"] = r["out"]
+            Image.open(world / "after" / "images" / name).save(out / f"photo_{name}")
+            looks["photo"] = str(out / f"photo_{name}")
+            looks["ply"] = idu(
+                "scene", "export", ref, "--format", "ply", "--out", out / f"plaza_v{version}.ply"
+            )["out"]
+        versions = idu("scene", "versions", ref)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
     summary = {
         "scene": ref,
-        "gaussians": imp["num_gaussians"],
-        "images": imp["num_images"],
-        "render": {"image": name, "seconds": round(r["seconds"], 3), "psnr_vs_photo_db": round(quality, 2)},
-        "exports": {k: v["bytes"] for k, v in exports.items()},
-        "versions": [v["version"] for v in versions["versions"]],
-        "current_after_rollback": rb["current"],
-        "seconds": round(time.perf_counter() - t0, 1),
+        "world": str(world),
+        "outcome": res["outcome"],
+        "new_version": version,
+        "photos": res["photos"],
+        "changes": [
+            {"id": d["change_id"], "kind": d["kind"], "decision": d["action"], "by": d["reviewer"]}
+            for d in res["decisions"]
+        ],  # fmt: skip
+        "versions": [(v["version"], v["parent"], v["reason"]) for v in versions["versions"]],
+        "look_at": looks,
+        "seconds": {k: round(v, 1) for k, v in times.items()} | {"total": round(time.perf_counter() - t0, 1)},
     }
     print(json.dumps(summary, indent=2))
-    if quality < 30:
-        raise SystemExit(f"demo: render at {name} differs from the photo (PSNR {quality:.1f} dB)")
+    say(f"new version {version} of {ref}: renders and the exported PLY are in {out}; to browse the runs, the "
+        f"reports and the review queue again: idu serve --store {store}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ class BootstrapOptions(BaseModel):
     iterations: int | None = Field(None, gt=0, description="Training steps (the schedule is stretched).")
     max_side: int | None = Field(None, gt=0, description="Downscale photos to this longer side.")
     trainer: Literal["cpu-gsplat", "nerfstudio"] = Field("cpu-gsplat", description="Who trains.")
+    align_to: str | None = Field(None, description="Ground-truth JSON: move the scene into its frame.")
+    poses: str | None = Field(None, description="Known poses and intrinsics: triangulate, no mapping.")
 
 
 def _config(options: BootstrapOptions):
@@ -42,14 +44,15 @@ def _config(options: BootstrapOptions):
 
 @task(name="structure from motion", cache_policy=NO_CACHE, tags=["cpu"])
 def structure_from_motion(scene: str, images: str, options: BootstrapOptions) -> dict:
-    from reconstruction.bootstrap import work_folder
+    from reconstruction.bootstrap import read_reference_poses, work_folder
     from reconstruction.sfm import list_images, read_sfm_stats, run_sfm
 
     config = _config(options)
     names = list_images(Path(images))
-    work = work_folder(scene_of(scene), Path(images), names, config.sfm, None)
+    known = read_reference_poses(options.poses) if options.poses else None
+    work = work_folder(scene_of(scene), Path(images), names, config.sfm, known)
     work.mkdir(parents=True, exist_ok=True)
-    rec = run_sfm(Path(images), work / "sfm", config.sfm, names, None)
+    rec = run_sfm(Path(images), work / "sfm", config.sfm, names, known)
     get_run_logger().info("SfM: %d of %d photos registered", rec.num_reg_images(), len(names))
     return read_sfm_stats(work / "sfm")
 
@@ -58,7 +61,14 @@ def structure_from_motion(scene: str, images: str, options: BootstrapOptions) ->
 def train(scene: str, images: str, options: BootstrapOptions, flow_run_id: str) -> int:
     from reconstruction.bootstrap import bootstrap_scene
 
-    return bootstrap_scene(images, scene_of(scene), _config(options), flow_run_id=flow_run_id)
+    return bootstrap_scene(
+        images,
+        scene_of(scene),
+        _config(options),
+        options.align_to,
+        flow_run_id=flow_run_id,
+        poses=options.poses,
+    )
 
 
 @flow(name="bootstrap-scene", persist_result=True, log_prints=True)

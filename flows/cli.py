@@ -31,6 +31,7 @@ log = logging.getLogger("idu")
 def _setup_logging() -> None:
     level = os.environ.get("IDU_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the Prefect client's every request
 
 
 def _emit(obj: Any) -> None:
@@ -129,22 +130,53 @@ def scene_bootstrap(
         Path | None,
         typer.Option(help="Known poses and intrinsics (gt.json or {views: [...]}): triangulate, no mapping."),
     ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Run in this process, without Prefect (no server, no run record).")
+    ] = False,
     json_out: JsonFlag = False,
 ):
-    """Build a scene from photos alone: SfM (pycolmap) + 3DGS training -> a new version."""
-    from reconstruction.bootstrap import BootstrapConfig, bootstrap_scene
+    """Build a scene from photos alone: SfM (pycolmap) + 3DGS training -> a new version.
+
+    Runs the bootstrap-scene deployment on the Prefect server of PREFECT_API_URL or of a running `idu serve`
+    (with neither, an embedded one for the duration of the command); --local runs it here."""
+    from reconstruction.sfm import list_images
     from reconstruction.store import SceneStore
     from reconstruction.train import preset as train_preset
 
-    config = BootstrapConfig(
-        train=train_preset(preset, iterations=iterations, max_side=max_side),
-        trainer=trainer,
-        progress=not json_out and sys.stderr.isatty(),
-    )
-    if iterations is not None:
-        config.nerfstudio_iterations = iterations
     scene = SceneStore(store).scene(name)
-    v = bootstrap_scene(images_dir, scene, config, align_to, poses=poses)
+    train_preset(preset, iterations=iterations, max_side=max_side)  # refuse a bad preset before starting
+    list_images(images_dir)  # ... or a missing folder
+    from reconstruction.bootstrap import TRAINERS
+    from reconstruction.errors import IDUError
+
+    if trainer not in TRAINERS:
+        raise IDUError(f"--trainer {trainer}: expected one of {', '.join(TRAINERS)}")
+    if local:
+        from reconstruction.bootstrap import BootstrapConfig, bootstrap_scene
+
+        config = BootstrapConfig(
+            train=train_preset(preset, iterations=iterations, max_side=max_side),
+            trainer=trainer,
+            progress=not json_out and sys.stderr.isatty(),
+        )
+        if iterations is not None:
+            config.nerfstudio_iterations = iterations
+        v = bootstrap_scene(images_dir, scene, config, align_to, poses=poses)
+    else:
+        from flows import runs
+        from flows.bootstrap import BootstrapOptions
+
+        options = BootstrapOptions(
+            preset=preset, iterations=iterations, max_side=max_side, trainer=trainer,
+            align_to=str(align_to.resolve()) if align_to else None,
+            poses=str(poses.resolve()) if poses else None,
+        )  # fmt: skip
+        with runs.connect(store) as conn:
+            run = runs.start("bootstrap-scene", {"scene": str(Path(scene.ref).resolve()),
+                                                 "images": str(images_dir.resolve()),
+                                                 "options": options.model_dump()})  # fmt: skip
+            typer.echo(f"started bootstrap run {run.name} ({run.id}) on {conn.api_url}", err=True)
+            v = runs.result(runs.wait(run.id))["version"]
     ver = scene.version(v)
     meta = ver.meta
     lin = meta.get("lineage", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -19,6 +20,8 @@ from typing import Any
 from uuid import UUID
 
 from reconstruction.errors import IDUError
+
+log = logging.getLogger("idu")
 
 
 class RunError(IDUError):
@@ -89,11 +92,14 @@ def wait(
     """Follow a run to a final state; ``on_pause(state)`` once per new pause (a review waiting)."""
     from prefect.client.orchestration import get_client
 
-    t0, last_key = time.monotonic(), None
+    t0, last_key, last_state = time.monotonic(), None, None
     with get_client(sync_client=True) as client:
         while True:
             run = client.read_flow_run(UUID(str(run_id)))
             st = run.state
+            if st is not None and st.name != last_state:
+                last_state = st.name
+                log.info("run %s: %s", run.name, st.name)
             if st is not None and st.is_final():
                 return run
             if st is not None and st.is_paused() and st.state_details.pause_key != last_key:

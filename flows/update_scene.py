@@ -30,8 +30,10 @@ from prefect.input.actions import create_flow_run_input, read_flow_run_input
 from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
+from generation.identify import LABELS
 from tasks.update import (
     detect,
+    identify_changes,
     make_asset,
     publish,
     register,
@@ -41,7 +43,6 @@ from tasks.update import (
     work_folder,
 )
 
-LABELS = ("person", "vehicle", "object", "structure", "vegetation", "other")
 PROPOSAL_PREFIX = "idu-proposal-"
 
 
@@ -64,6 +65,10 @@ class UpdateOptions(BaseModel):
     )
     detect: DetectOptions = Field(default_factory=DetectOptions)
     max_redetects: int = Field(3, ge=0, description="Re-detections when other updates land meanwhile.")
+    classifier: str | None = Field(
+        None,
+        description="Model (registered name or folder) that labels the changes; none: the reviewer does.",
+    )
     grow_model: bool = Field(True, description="Add the registered photos to the new version's COLMAP model.")
     review_url: str | None = Field(None, description="Base URL of the review UI (links in the report).")
 
@@ -436,6 +441,11 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
         earlier = [d for d in ledger.decisions if d["base"] != base]
         reg = register(scene, base, batch)
         detection = detect(scene, base, batch, reg, options.detect.model_dump())
+        if options.classifier:
+            labels = identify_changes(scene, base, batch, detection, options.classifier)
+            for c in detection["candidates"]:
+                c["label"] = labels[c["id"]]["label"]
+                c["label_scores"] = labels[c["id"]]["scores"]
         assets = {
             c["id"]: make_asset(scene, base, batch, detection, c, reg)
             for c in detection["candidates"]
@@ -468,7 +478,8 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
             break
     _report(scene, result, reg, options)
     result["decisions"] = [
-        {k: v for k, v in d.items() if k not in ("candidate", "asset")} | {"box": d["candidate"]["box"]}
+        {k: v for k, v in d.items() if k not in ("candidate", "asset")}
+        | {"box": d["candidate"]["box"], "label_scores": d["candidate"].get("label_scores")}
         for d in result["decisions"]
     ]
     logger.info(

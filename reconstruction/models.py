@@ -42,6 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     "dinov2-small": ModelSpec("facebook/dinov2-small", "dinov2", "Apache-2.0"),
     "dinov2-base": ModelSpec("facebook/dinov2-base", "dinov2", "Apache-2.0"),
     "dinov2-large": ModelSpec("facebook/dinov2-large", "dinov2", "Apache-2.0"),
+    "clip-vit-b32": ModelSpec("openai/clip-vit-base-patch32", "clip", "MIT"),
 }
 
 

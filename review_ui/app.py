@@ -13,7 +13,6 @@ they land this API listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import Body, FastAPI, HTTPException
@@ -50,12 +49,7 @@ def decide(run_id: str, key: str, decision: dict[str, Any] = Body(...)) -> dict[
 
 @app.get("/files/{run_id}/{change_id}/crop")
 def crop(run_id: str, change_id: str) -> FileResponse:
-    for r in service.pending_reviews():
-        p = r.get("proposal") or {}
-        c = p.get("change") or {}
-        if r["run_id"] == run_id and c.get("id") == change_id and c.get("crops"):
-            folder = Path(p["detect_folder"]).resolve()
-            f = (folder / next(iter(c["crops"].values()))).resolve()
-            if folder in f.parents and f.is_file():
-                return FileResponse(f)
-    raise HTTPException(404, "no such crop")
+    f = service.crop_path(run_id, change_id)
+    if f is None:
+        raise HTTPException(404, "no such crop")
+    return FileResponse(f)

@@ -131,6 +131,44 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
         raise ReviewError(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
 
 
+def _proposals(run_id: UUID) -> list[dict[str, Any]]:
+    """What an update run showed its reviewers: the pending proposal and the decided changes (its ledger)."""
+    import json
+    from pathlib import Path
+
+    from reconstruction.store import parse_scene_ref
+
+    out = [r["proposal"] for r in pending_reviews() if r["run_id"] == str(run_id) and r["proposal"]]
+    with _client() as client:
+        try:
+            scene = client.read_flow_run(run_id).parameters.get("scene")
+        except Exception:
+            return out
+    if not scene:
+        return out
+    store, name = parse_scene_ref(scene)
+    for ledger in (Path(store) / ".updates" / name).glob(f"*/run-{run_id}.json"):
+        for d in json.loads(ledger.read_text()).get("decisions", []):
+            out.append({"change": d["candidate"], "detect_folder": d["detect_folder"]})
+    return out
+
+
+def crop_path(run_id: str | UUID, change_id: str):
+    """The first crop of a change of an update run (a file inside the run's detect folder), or None."""
+    from pathlib import Path
+
+    rid = _run_id(run_id)
+    for p in _proposals(rid):
+        c = p.get("change") or {}
+        if c.get("id") != change_id or not c.get("crops"):
+            continue
+        folder = Path(p["detect_folder"]).resolve()
+        f = (folder / next(iter(c["crops"].values()))).resolve()
+        if folder in f.parents and f.is_file():
+            return f
+    return None
+
+
 def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
     """IDU flow runs, newest first: name, flow, state, scene, start and end."""
     from prefect.client.schemas.sorting import FlowRunSort
@@ -159,4 +197,4 @@ def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["ReviewError", "decide", "pending_reviews", "recent_runs"]
+__all__ = ["ReviewError", "crop_path", "decide", "pending_reviews", "recent_runs"]

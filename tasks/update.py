@@ -108,6 +108,27 @@ def detect(
     return doc
 
 
+@task(name="identify", cache_policy=CACHED, persist_result=True)
+def identify_changes(scene: str, version: int, batch: dict[str, Any], detection: dict[str, Any],
+                     classifier: str) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """A label per change from its crops (generation.identify), or None where the classifier is unsure."""
+    import numpy as np
+    from PIL import Image
+
+    from generation.identify import identify
+
+    out = {}
+    for c in detection["candidates"]:
+        crops = [np.asarray(Image.open(Path(detection["folder"]) / rel).convert("RGB"))
+                 for rel in (c.get("crops") or {}).values()]  # fmt: skip
+        label, scores = identify(crops, classifier)
+        out[c["id"]] = {"label": label, "scores": scores}
+        get_run_logger().info(
+            "%s: %s %s", c["id"], label or "unsure", {k: round(v, 2) for k, v in scores.items()}
+        )
+    return out
+
+
 @task(name="make asset", cache_policy=CACHED, persist_result=True)
 def make_asset(
     scene: str,

@@ -90,6 +90,12 @@ def test_a_review_resumes_the_run_and_the_approved_change_is_merged(idu_services
     # the report: a markdown summary and a table of changes
     md = runs.artifact_markdown(run.id)
     assert "New version: 2" in md and "after_004.png | registered" in md and "approve by ana" in md
+    thumb = f"{idu_services.ui_url}/files/{run.id}/c1/crop"
+    assert thumb in md
+    res = httpx.get(thumb)
+    assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg" and len(res.content) > 500
+    assert httpx.get(f"{idu_services.ui_url}/files/{run.id}/c7/crop").status_code == 404
+    assert httpx.get(f"{idu_services.ui_url}/files/{run.id}/..%2F..%2Fetc/crop").status_code == 404
     # nothing was computed twice: the re-executions after each review answered from the cache
     states = task_states(run.id)
     for name in ("register", "detect changes", "make asset"):
@@ -200,11 +206,25 @@ def test_a_failed_publish_rolls_back_the_staged_version(idu_services, new_scene,
     assert new_scene.current_version() == 1 and new_scene.version_numbers() == [1]
 
 
-def test_the_report_lists_rejected_photos_with_their_reasons(idu_services, new_scene, after_photos):
+def test_the_report_lists_rejected_photos_with_their_reasons(idu_services, new_scene, after_photos, tmp_path):
+    """Also: a classifier backend labels the changes (a tiny CLIP built by the test)."""
+    from PIL import Image
+
+    from generation.identify import identify
+
+    from ..generation.test_identify import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
     photos = after_photos()
     (photos / "notes.txt").write_text("not a photo")
-    run = start_update(new_scene, photos, auto_approve=True)
+    run = start_update(new_scene, photos, auto_approve=True, classifier=str(clip))
     out = runs.result(wait_for(run.id, final))
+    [d] = out["decisions"]
+    folder = next((idu_services.store / ".updates" / new_scene.name).glob("*/v1/detect"))
+    cand = json.loads((folder / "candidates.json").read_text())["candidates"][0]
+    crops = [np.asarray(Image.open(folder / rel).convert("RGB")) for rel in cand["crops"].values()]
+    label, scores = identify(crops, clip)
+    assert d["label"] == label and d["label_scores"] == pytest.approx(scores, abs=1e-6)
     assert out["photos"]["notes.txt"] == "rejected" and out["photos"]["after_004.png"] == "registered"
     md = runs.artifact_markdown(run.id)
     row = next(line for line in md.splitlines() if line.startswith("| notes.txt"))
