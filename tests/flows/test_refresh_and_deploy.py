@@ -48,6 +48,12 @@ def test_refresh_starts_one_update_per_new_batch_and_never_twice(
         "run"
     ]
 
+    # the deployment the schedule runs, on the runner: the inbox holds nothing new any more
+    from flows import runs as idu_runs
+
+    scan = idu_runs.start("refresh-scenes", {"inbox": str(inbox), "store": store, "settle_seconds": 0})
+    assert idu_runs.result(idu_runs.wait(scan.id, timeout=300)) == []
+
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -80,19 +86,20 @@ def test_the_served_deployments_and_the_refresh_schedule(idu_services):
         assert sched.schedule.cron == REFRESH_CRON and sched.active
         assert refresh.parameters["store"] == str(idu_services.store)
         assert not deps["update-scene"].schedules
-        # the server schedules the refresh's runs ahead of time
+        # the server schedules the refresh's runs ahead of time (and the runner executes them when due)
         t0 = time.monotonic()
         while True:
-            scheduled = client.read_flow_runs(
+            listed = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[refresh.id])),
                 flow_run_filter=FlowRunFilter(),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-                limit=5,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=20,
             )
+            scheduled = [r for r in listed if r.state.is_scheduled()]
             if scheduled or time.monotonic() - t0 > 90:
                 break
             time.sleep(1)
-    assert scheduled and scheduled[0].state.is_scheduled()
+    assert scheduled, [(r.name, r.state.name) for r in listed]
     minutes = {r.expected_start_time.minute for r in scheduled}
     assert all(m % 10 == 0 for m in minutes)
 
@@ -189,3 +196,30 @@ def test_docker_compose_is_well_formed_and_consistent():
         if line.startswith("COPY "):
             assert all((ROOT / p).exists() for p in line.split()[1:-1]), line
     assert os.path.exists(ROOT / "deploy" / "README.md")
+
+
+@pytest.mark.slow
+def test_refresh_reads_an_fsspec_inbox(idu_services, new_scene, bench_world):
+    """Any fsspec URL: here the in-memory file system (the scan runs in this process)."""
+    import fsspec
+
+    world, _ = bench_world
+    fs = fsspec.filesystem("memory")
+    for name in ("after_004.png", "after_005.png"):
+        fs.pipe(
+            f"/inbox-{new_scene.name}/{new_scene.name}/b1/{name}",
+            (world / "after" / "images" / name).read_bytes(),
+        )
+    got = refresh_scenes(f"memory:///inbox-{new_scene.name}", str(idu_services.store), settle_seconds=0)
+    assert [(b["batch"], b["new"]) for b in got] == [("b1", True)]
+    local = Path(got[0]["images"])
+    assert sorted(p.name for p in local.iterdir()) == ["after_004.png", "after_005.png"]
+    assert (local / "after_004.png").read_bytes() == (
+        world / "after" / "images" / "after_004.png"
+    ).read_bytes()
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(got[0]["run"]), Cancelled(), force=True)

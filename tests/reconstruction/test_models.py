@@ -50,7 +50,7 @@ def test_resolve_finds_folders_and_the_model_dir_and_says_where_weights_go(
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "dinov2-small").symlink_to(tiny_dinov2)
     assert resolve("dinov2-small") == tmp_path / "models" / "dinov2-small"
-    assert all(spec.licence == "Apache-2.0" for spec in MODELS.values())  # no restrictive default
+    assert all(spec.licence in ("Apache-2.0", "MIT") for spec in MODELS.values())  # no restrictive default
 
 
 def test_global_descriptors_are_normalised_and_tell_images_apart(tiny_dinov2):
