@@ -6,6 +6,7 @@ Failures exit non-zero with one line ``error: <reason>`` on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,7 @@ def command(fn):
 
 SceneRef = Annotated[str, typer.Argument(metavar="STORE/NAME", help="The scene: its store folder and name.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+ServedStore = Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")]
 VersionOpt = Annotated[int | None, typer.Option("--version", "-v", help="Scene version (default: current).")]
 
 
@@ -553,7 +555,7 @@ def update(
 @app.command("runs")
 @command
 def runs_cmd(
-    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    store: ServedStore = Path("store"),
     json_out: JsonFlag = False,
 ):
     """Recent IDU runs and the reviews waiting for a decision."""
@@ -579,6 +581,21 @@ def runs_cmd(
         )
     if json_out:
         _emit(doc)
+
+
+@contextlib.contextmanager
+def _served(store: Path):
+    """The Prefect server of PREFECT_API_URL or of a running `idu serve` (never an embedded one: a review
+    needs the server that holds the run)."""
+    from flows import runs
+    from flows.services import prefect_home
+
+    if not os.environ.get("PREFECT_API_URL") and not (prefect_home(store) / "serve.json").is_file():
+        raise runs.RunError(f"no Prefect server is running for {store} (start `idu serve --store {store}`)")
+    with runs.connect(store) as conn:
+        if conn.embedded:
+            raise runs.RunError(f"the `idu serve` of {store} is not answering (start it again)")
+        yield conn
 
 
 review_app = typer.Typer(no_args_is_help=True, help="Decide on the changes waiting for review.")
@@ -611,11 +628,10 @@ def review_decide(
     translation: Annotated[str | None, typer.Option(help="Move by x,y,z metres (scene frame).")] = None,
     rotation: Annotated[str | None, typer.Option(help="Turn by a quaternion w,x,y,z.")] = None,
     scale: Annotated[float | None, typer.Option(help="Scale by this factor.")] = None,
-    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    store: ServedStore = Path("store"),
     json_out: JsonFlag = False,
 ):
     """Resume a suspended update run with a decision (the server validates it)."""
-    from flows import runs
     from review_ui.service import decide
 
     d: dict[str, Any] = {"action": action, "reviewer": reviewer, "comment": comment}
@@ -627,9 +643,7 @@ def review_decide(
     ):
         if v is not None:
             d[k] = v
-    with runs.connect(store) as conn:
-        if conn.embedded:
-            raise runs.RunError("no Prefect server is running for this store (start `idu serve`)")
+    with _served(store):
         out = decide(run_id, key, d)
     typer.echo(f"run {run_id}: {action} on {key} sent", err=True)
     if json_out:
@@ -639,16 +653,13 @@ def review_decide(
 @review_app.command("list")
 @command
 def review_list(
-    store: Annotated[Path, typer.Option(help="Store folder (for a running `idu serve`).")] = Path("store"),
+    store: ServedStore = Path("store"),
     json_out: JsonFlag = False,
 ):
     """Changes waiting for a decision, oldest first."""
-    from flows import runs
     from review_ui.service import pending_reviews
 
-    with runs.connect(store) as conn:
-        if conn.embedded:
-            raise runs.RunError("no Prefect server is running for this store (start `idu serve`)")
+    with _served(store):
         revs = pending_reviews()
     for r in revs:
         c = (r.get("proposal") or {}).get("change") or {}

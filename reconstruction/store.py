@@ -349,40 +349,10 @@ class SceneWriter:
             _fsync_dir(dst.parent)
         return sha, rel
 
-    def add_version(
-        self,
-        splats: Splats | Callable[[Path], int],
-        model: pycolmap.Reconstruction,
-        images: list[ImageEntry],
-        image_files: dict[str, Path] | None = None,
-        *,
-        reason: str,
-        parent: int | None | str = "current",
-        expected_base: int | None | str = "any",
-        flow_run_id: str | None = None,
-        lineage: dict[str, Any] | None = None,
-        extra_meta: dict[str, Any] | None = None,
-    ) -> int:
-        """Write the next version completely, validate it, then move ``current`` to it
-        (``stage_version`` then ``publish``).
-
-        Args:
-            splats: the version's Gaussians (validated here), or a function that writes them as an INRIA PLY
-                to the path it is given and returns their number (a merge streams rows from the parent).
-            model: its COLMAP model.
-            images: its registered images (poses in the scene frame).
-            image_files: photo files by image name, copied into the pool.
-            parent: the version this one derives from (default: the current one).
-            expected_base: if not "any", refuse (SceneStoreError) unless ``current`` equals it
-                (a merge computed against an older version must be re-done).
-        Returns:
-            the new version number.
-        """
-        staged = self.stage_version(
-            splats, model, images, image_files, reason=reason, parent=parent, expected_base=expected_base,
-            flow_run_id=flow_run_id, lineage=lineage, extra_meta=extra_meta,
-        )  # fmt: skip
-        return self.publish(staged)
+    def add_version(self, *args, **kwargs) -> int:
+        """Write the next version completely, validate it, then move ``current`` to it: ``stage_version``
+        (same arguments) then ``publish``. Returns the new version number."""
+        return self.publish(self.stage_version(*args, **kwargs))
 
     def stage_version(
         self,
@@ -399,9 +369,18 @@ class SceneWriter:
         extra_meta: dict[str, Any] | None = None,
     ) -> StagedVersion:
         """Write the next version into ``.staging`` (complete, fsynced, read back, read-only); nobody sees it
-        until ``publish`` renames it into place. ``discard`` removes it. Arguments as ``add_version``.
+        until ``publish`` renames it into place. ``discard`` removes it. The staged folder lives as long as
+        this writer holds the lock: the next writer removes leftovers.
 
-        The staged folder lives as long as this writer holds the lock: the next writer removes leftovers.
+        Args:
+            splats: the version's Gaussians (validated here), or a function that writes them as an INRIA PLY
+                to the path it is given and returns their number (a merge streams rows from the parent).
+            model: its COLMAP model.
+            images: its registered images (poses in the scene frame).
+            image_files: photo files by image name, copied into the pool.
+            parent: the version this one derives from (default: the current one).
+            expected_base: if not "any", refuse (SceneStoreError) unless ``current`` equals it
+                (a merge computed against an older version must be re-done); checked again by ``publish``.
         """
         scene = self.scene
         if not callable(splats):

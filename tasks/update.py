@@ -49,12 +49,10 @@ def snapshot_photos(scene: str, images: str) -> dict[str, Any]:
     """Copy the batch into its work folder (the run then no longer depends on the inbox); the batch is
     named by its content hash. Hidden files are skipped; everything else is passed on (registration
     rejects what is not a photo, with the reason)."""
+    from reconstruction.registration import list_photos
+
     folder = Path(images)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder of photos")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"{folder}: no photos in the folder")
+    files = list_photos(folder)
     h = batch_hash(files)
     dst = work_folder(scene, h) / "photos"
     if not dst.is_dir():
