@@ -17,22 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from uuid import UUID
 
 
 def _task_seconds(run_id) -> dict[str, float]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
+    from flows.runs import task_runs
 
-    with get_client(sync_client=True) as client:
-        trs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
-            limit=200,
-        )
     out: dict[str, float] = {}
-    for t in trs:
+    for t in task_runs(run_id):
         if t.state.name == "Completed" and t.total_run_time:
             name = t.name.rsplit("-", 1)[0]
             out[name] = round(out.get(name, 0.0) + t.total_run_time.total_seconds(), 2)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,17 +34,9 @@ class Connection:
     embedded: bool  # started by this command: it ends with it
 
 
-def _alive(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=3) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def connect(store: str | os.PathLike) -> Iterator[Connection]:
-    from flows.services import embedded_env, prefect_home, services, use_environment
+    from flows.services import embedded_env, healthy, prefect_home, services, use_environment
 
     if os.environ.get("PREFECT_API_URL"):
         yield Connection(os.environ["PREFECT_API_URL"], os.environ.get("IDU_REVIEW_URL"), False)
@@ -53,7 +44,7 @@ def connect(store: str | os.PathLike) -> Iterator[Connection]:
     state = prefect_home(store) / "serve.json"
     if state.is_file():
         s = json.loads(state.read_text())
-        if _alive(s["api_url"]):
+        if healthy(s["api_url"]):
             with use_environment(embedded_env(store, s["api_url"])):
                 yield Connection(s["api_url"], s.get("ui_url"), False)
             return
@@ -125,6 +116,20 @@ def result(run) -> Any:
     return st.result()
 
 
+def task_runs(run_id: str | UUID) -> list:
+    """The task runs of a flow run (every execution of it), newest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,
+        )
+
+
 def artifact_markdown(run_id: str | UUID) -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
@@ -143,4 +148,4 @@ def artifact_markdown(run_id: str | UUID) -> str | None:
     return arts[0].data if arts else None
 
 
-__all__ = ["Connection", "RunError", "artifact_markdown", "connect", "result", "start", "wait"]
+__all__ = ["Connection", "RunError", "artifact_markdown", "connect", "result", "start", "task_runs", "wait"]

@@ -59,6 +59,15 @@ def embedded_env(store: str | os.PathLike, api_url: str) -> dict[str, str]:
     }
 
 
+def healthy(api_url: str) -> bool:
+    """Whether ``<api_url>/health`` answers 200."""
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_healthy(
     api_url: str,
     timeout: float,
@@ -70,12 +79,8 @@ def wait_healthy(
     while time.monotonic() - t0 < timeout:
         if proc is not None and proc.poll() is not None:
             raise ServiceError(f"the Prefect {what} exited with code {proc.returncode} (log: {log_path})")
-        try:
-            with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if healthy(api_url):
+            return
         time.sleep(0.5)
     raise ServiceError(
         f"the Prefect {what} at {api_url} did not answer within {timeout:.0f} s (log: {log_path})"

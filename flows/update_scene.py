@@ -31,6 +31,7 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, ConfigDict, Field
 
 from generation.identify import LABELS
+from reconstruction.errors import SceneLockedError
 from tasks.update import (
     detect,
     identify_changes,
@@ -113,23 +114,16 @@ class ReviewDecision(RunInput):
     scale: float | None = Field(None, gt=0.01, lt=100)
 
 
-def _rotation(q: list[float] | None):
-    import numpy as np
-
-    from reconstruction.cameras import quat_to_matrix
-
-    return np.eye(3) if q is None else quat_to_matrix(np.asarray(q, float) / np.linalg.norm(q))
-
-
 def _placement(base: dict[str, Any], d: ReviewDecision) -> dict[str, Any]:
     """A reviewer's adjustment: translation added, rotation composed (about the object), scale multiplied."""
-    from reconstruction.cameras import matrix_to_quat
+    import numpy as np
+
+    from reconstruction.cameras import quat_multiply
 
     out = dict(base)
     if d.rotation_wxyz is not None:
-        out["rotation_wxyz"] = [
-            float(v) for v in matrix_to_quat(_rotation(d.rotation_wxyz) @ _rotation(base["rotation_wxyz"]))
-        ]
+        unit = [np.asarray(q, float) / np.linalg.norm(q) for q in (d.rotation_wxyz, base["rotation_wxyz"])]
+        out["rotation_wxyz"] = [float(v) for v in quat_multiply(*unit)]
     if d.translation is not None:
         out["translation"] = [a + b for a, b in zip(base["translation"], d.translation, strict=True)]
     if d.scale is not None:
@@ -325,10 +319,8 @@ def merge_approved(
                         staged = stage_merge(w, doc, str(work_folder(scene, batch["hash"])), run_id)
                         number = publish(w, staged["staged"])
                     return {**staged, "version": number}
-            except Exception as e:
-                from reconstruction.errors import SceneLockedError
-
-                if not isinstance(e, SceneLockedError) or attempt == 59:
+            except SceneLockedError:
+                if attempt == 59:
                     raise
                 time.sleep(2)
     return None
@@ -417,7 +409,7 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
     sc = scene_of(scene)
     batch = snapshot_photos(scene, images)
     ledger = RunLedger(work_folder(scene, batch["hash"]) / f"run-{run_id}.json")
-    result: dict[str, Any] = {"scene": scene, "run_id": run_id, "batch": batch["hash"], "redetections": 0}
+    result: dict[str, Any] = {"scene": scene, "run_id": run_id, "batch": batch["hash"]}
     if (done := _published_by(sc, run_id)) is not None:  # re-executed after publishing (a crash, a restart)
         meta = sc.version(done).meta
         logger.info("this run already published version %d", done)
@@ -428,11 +420,15 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
             "outcome": "merged",
             "decisions": [],
             "diff": meta.get("diff"),
+            "detected_against": ledger.bases,
+            "redetections": max(0, len(ledger.bases) - 1),
         }
     reg: dict[str, Any] = {"images": []}
     while True:
         base = sc.current_version()
         ledger.detecting_against(base)
+        result.update(base_version=base, decisions=[], detected_against=ledger.bases,
+                      redetections=len(ledger.bases) - 1)  # fmt: skip
         if len(ledger.bases) > options.max_redetects + 1:
             result["outcome"] = (
                 f"gave up after {options.max_redetects} re-detections (the scene keeps changing)"
@@ -456,13 +452,7 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
             d = review_change(scene, base, batch, detection, reg, c, assets.get(c["id"]), options, earlier)
             decisions.append({**d, "detect_folder": detection["folder"]})
             ledger.decided(decisions[-1])
-        result.update(
-            base_version=base,
-            decisions=decisions,
-            detected_against=ledger.bases,
-            redetections=len(ledger.bases) - 1,
-            photos={r["name"]: r["status"] for r in reg["images"]},
-        )
+        result.update(decisions=decisions, photos={r["name"]: r["status"] for r in reg["images"]})
         if not any(d["action"] == "approve" for d in decisions):
             result["outcome"] = "nothing approved" if decisions else "no change found"
             break

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from reconstruction.cameras import Camera, Pose
+from reconstruction.cameras import Camera, Pose, project_points
 from reconstruction.errors import IDUError
 from reconstruction.ply import write_ply
 from reconstruction.splats import Splats
@@ -61,13 +61,6 @@ class HullConfig:
     """Subsampling seed (``regenerate`` asks for another)."""
 
 
-def _project(camera: Camera, pose: Pose, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    M = pose.matrix()
-    pc = X @ M[:3, :3].T + M[:3, 3]
-    uv = np.asarray(camera.to_pycolmap().img_from_cam(np.ascontiguousarray(pc), check_cheirality=False))
-    return uv, pc[:, 2]
-
-
 def _spacing(X: np.ndarray) -> float:
     import open3d as o3d
 
@@ -82,7 +75,7 @@ def _colours(X: np.ndarray, views: list[View], spacing: float) -> tuple[np.ndarr
     the other points there), and how many photos saw it [N]."""
     samples: list[list[np.ndarray]] = [[] for _ in range(len(X))]
     for v in views:
-        uv, z = _project(v.camera, v.pose, X)
+        uv, z = project_points(v.camera, v.pose, X)
         h, w = v.mask.shape
         px = np.floor(uv).astype(np.int64)
         ok = (z > 1e-6) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)

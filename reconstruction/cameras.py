@@ -238,6 +238,18 @@ class Camera:
         return Camera.from_pycolmap(pc)
 
 
+def project_points(camera: Camera, pose: Pose, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates [N, 2] (the camera's distortion applied) and depths [N] of world points [N, 3];
+    points behind the camera are projected too (check the depth)."""
+    X = np.asarray(X, np.float64).reshape(-1, 3)
+    if len(X) == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    M = pose.matrix()
+    pc = X @ M[:3, :3].T + M[:3, 3]
+    uv = np.asarray(camera.to_pycolmap().img_from_cam(np.ascontiguousarray(pc), check_cheirality=False))
+    return uv, pc[:, 2]
+
+
 def undistort_image(image: np.ndarray, camera: Camera) -> tuple[np.ndarray, Camera]:
     """Resample a photo taken with ``camera`` into its distortion-free pinhole camera.
 

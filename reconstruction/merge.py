@@ -53,7 +53,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from .cameras import Camera, ImageEntry, Pose, model_images, quat_to_matrix
+from .cameras import Camera, ImageEntry, Pose, model_images, project_points, quat_to_matrix
 from .errors import IDUError, SceneStoreError
 from .ply import edit_ply, is_canonical_ply, read_ply_columns, read_ply_header, read_ply_rows
 from .seams import Photo as SeamPhoto
@@ -308,13 +308,6 @@ def _projection(cam: Camera, pose: Pose) -> np.ndarray:
     return cam.K() @ pose.matrix()[:3]
 
 
-def _reproj(cam: Camera, pose: Pose, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    M = pose.matrix()
-    pc = X @ M[:3, :3].T + M[:3, 3]
-    uv = np.asarray(cam.to_pycolmap().img_from_cam(np.ascontiguousarray(pc), check_cheirality=False))
-    return uv, pc[:, 2]
-
-
 def grow_model(
     version, registration: dict[str, Any], image_dir: Path, max_error: float = 2.0, min_angle_deg: float = 1.5
 ) -> tuple[pycolmap.Reconstruction, list[ImageEntry], dict[str, Path], dict[str, Any]]:
@@ -375,7 +368,7 @@ def grow_model(
             if len(m) == 0:
                 continue
             kp, row = m[:, 0], rows[sel[m[:, 1]]]
-            uv, z = _reproj(p.camera, p.pose, index.points[row])
+            uv, z = project_points(p.camera, p.pose, index.points[row])
             err = np.linalg.norm(uv - p.xy[kp], axis=1)
             ok = (z > 0) & (err <= max_error) & (ids_model[row] >= 0) & (p.point3D[kp] < 0)
             p.point3D[kp[ok]] = ids_model[row[ok]]
@@ -418,7 +411,7 @@ def grow_model(
         ok = True
         rays = []
         for a, i in members:
-            q, z = _reproj(photos[a].camera, photos[a].pose, X[None])
+            q, z = project_points(photos[a].camera, photos[a].pose, X[None])
             if z[0] <= 0 or np.linalg.norm(q[0] - photos[a].xy[i]) > max_error:
                 ok = False
                 break

@@ -38,7 +38,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from .cameras import Camera, Pose, model_images
+from .cameras import Camera, Pose, model_images, project_points
 from .errors import IDUError, SceneFormatError
 from .sfm import SfMConfig, colmap_log, run_sfm
 
@@ -758,7 +758,7 @@ def register_photo(
     pose = Pose.from_pycolmap(out["cam_from_world"])
     if estimate_focal:
         camera = Camera.from_pycolmap(pc)
-    proj, depth = _project(camera, pose, pts3[inl])
+    proj, depth = project_points(camera, pose, pts3[inl])
     err = np.linalg.norm(proj - pts2[inl], axis=1) if n_in else np.zeros(0)
     ratio = n_in / max(1, len(q_idx))
     lo, hi = (pts2[inl].min(0), pts2[inl].max(0)) if n_in else (np.zeros(2), np.zeros(2))
@@ -796,15 +796,6 @@ def _rescaled(camera: Camera, width: int, height: int) -> pycolmap.Camera:
     if (pc.width, pc.height) != (width, height):
         pc.rescale(width, height)
     return pc
-
-
-def _project(camera: Camera, pose: Pose, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(X) == 0:
-        return np.zeros((0, 2)), np.zeros(0)
-    M = pose.matrix()
-    pc = X @ M[:3, :3].T + M[:3, 3]
-    uv = np.asarray(camera.to_pycolmap().img_from_cam(np.ascontiguousarray(pc), check_cheirality=False))
-    return uv, pc[:, 2]
 
 
 # -- a folder ------------------------------------------------------------------------------------------

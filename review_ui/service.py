@@ -50,13 +50,26 @@ def _timeout(state) -> tuple[str | None, bool]:
     return t.isoformat(), t < _dt.datetime.now(_dt.UTC)
 
 
+def _proposal(client, run_id: UUID, key: str) -> dict[str, Any] | None:
+    """What the flow stored for the change it waits for (None if it stored nothing)."""
+    import orjson
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from flows.update_scene import PROPOSAL_PREFIX
+
+    try:
+        return orjson.loads(client.read_flow_run_input(run_id, PROPOSAL_PREFIX + key))
+    except PrefectHTTPStatusError as e:
+        if e.response.status_code == 404:
+            return None
+        raise
+
+
 def pending_reviews(limit: int = 200) -> list[dict[str, Any]]:
     """Suspended update runs waiting for a decision, oldest first, with what the flow proposed."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
-
-    from flows.update_scene import PROPOSAL_PREFIX
 
     out = []
     with _client() as client:
@@ -72,12 +85,7 @@ def pending_reviews(limit: int = 200) -> list[dict[str, Any]]:
             if names.get(r.flow_id) != UPDATE_FLOW or not r.state.state_details.pause_key:
                 continue
             key = r.state.state_details.pause_key
-            try:
-                import orjson
-
-                proposal = orjson.loads(client.read_flow_run_input(r.id, PROPOSAL_PREFIX + key))
-            except Exception:
-                proposal = None
+            proposal = _proposal(client, r.id, key)
             timeout, expired = _timeout(r.state)
             out.append(
                 {
@@ -136,14 +144,20 @@ def _proposals(run_id: UUID) -> list[dict[str, Any]]:
     import json
     from pathlib import Path
 
+    from prefect.exceptions import ObjectNotFound
+
     from reconstruction.store import parse_scene_ref
 
-    out = [r["proposal"] for r in pending_reviews() if r["run_id"] == str(run_id) and r["proposal"]]
+    out = []
     with _client() as client:
         try:
-            scene = client.read_flow_run(run_id).parameters.get("scene")
-        except Exception:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
             return out
+        key = run.state.state_details.pause_key if run.state is not None and run.state.is_paused() else None
+        if key and (p := _proposal(client, run_id, key)):
+            out.append(p)
+    scene = run.parameters.get("scene")
     if not scene:
         return out
     store, name = parse_scene_ref(scene)

@@ -154,7 +154,9 @@ def stage_merge(writer, decisions: dict[str, Any], base_dir: str, flow_run_id: s
     from reconstruction.merge import merge
 
     res = merge(writer.scene, decisions, base_dir, flow_run_id=flow_run_id, writer=writer, publish=False)
-    get_transaction().set("staged", res["staged"])
+    txn = get_transaction()
+    txn.set("writer", writer)  # the flow still holds its lock when a rollback runs
+    txn.set("staged", res["staged"])
     get_run_logger().info("staged version %d (parent %d)", res["version"], res["parent"])
     return res
 
@@ -166,10 +168,7 @@ def _discard_staged(txn) -> None:
     staged = txn.get("staged", None)
     if staged is not None:
         st = StagedVersion.from_json(staged)
-        scene = scene_of(str(Path(st.path).parent.parent))
-        from reconstruction.store import SceneWriter
-
-        SceneWriter(scene).discard(st)  # the flow still holds the scene's lock
+        txn.get("writer").discard(st)
         get_logger("idu.update").warning("rolled back: removed staged version %d", st.number)
 
 
@@ -184,6 +183,7 @@ def publish(writer, staged: dict[str, Any]) -> int:
 __all__ = [
     "batch_hash",
     "detect",
+    "identify_changes",
     "make_asset",
     "publish",
     "register",

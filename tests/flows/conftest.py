@@ -89,17 +89,9 @@ def final(run) -> bool:
 
 def task_states(run_id) -> dict[str, list[str]]:
     """State names of the run's task runs by task name (e.g. {"register": ["Completed", "Cached"]})."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
+    from flows.runs import task_runs
 
-    with get_client(sync_client=True) as client:
-        trs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
-            limit=200,
-        )
     out: dict[str, list[str]] = {}
-    for t in trs:
+    for t in task_runs(run_id):
         out.setdefault(t.name.rsplit("-", 1)[0], []).append(t.state.name)
     return out

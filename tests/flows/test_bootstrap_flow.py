@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 import pytest
 
 from bench.bench_bootstrap import cached_capture
@@ -17,10 +15,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_bootstrap_flow_builds_a_scene_from_photos(idu_services, tmp_path_factory):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
     capture = cached_capture(tmp_path_factory.getbasetemp() / "flow_capture", **CAPTURE)
     ref = f"{idu_services.store}/built"
     options = {"preset": "fast", "iterations": 12, "max_side": 64}
@@ -32,13 +26,7 @@ def test_bootstrap_flow_builds_a_scene_from_photos(idu_services, tmp_path_factor
     meta = scene.version(1).meta
     assert meta["flow_run_id"] == str(run.id) and meta["num_gaussians"] == out["num_gaussians"] > 0
     assert meta["lineage"]["train_config"]["iterations"] == 12
-    with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run.id))])),
-            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
-            limit=20,
-        )
-    tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in tasks}
+    tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in runs.task_runs(run.id)}
     assert "gpu" in tags["train and write version"] and "gpu" not in tags["structure from motion"]
     # bad input: the run fails with the reason, nothing is written
     bad = runs.start(
