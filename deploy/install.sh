@@ -4,8 +4,9 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
-# Mesa/EGL and friends for open3d (headless), libusb for open3d-cpu's import.
-APT_PACKAGES=(libusb-1.0-0 libgomp1 libgl1 libegl1)
+# Mesa/EGL and friends for open3d (headless), libusb for open3d-cpu's import; Debian's Chromium for the
+# review UI's browser tests (Playwright drives it; no browser is ever downloaded by `playwright install`).
+APT_PACKAGES=(libusb-1.0-0 libgomp1 libgl1 libegl1 chromium fonts-dejavu-core)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -485,10 +485,10 @@ def _store_of(ref: str) -> Path:
 
 def _review_hint(conn, run) -> None:
     key = run.state.state_details.pause_key
-    where = f"{conn.ui_url}/api/runs/{run.id}/reviews/{key}" if conn.ui_url else f"run {run.id}, key {key}"
+    page = f" at {conn.ui_url}/reviews/{run.id}/{key}" if conn.ui_url else ""
     typer.echo(
-        f"review waiting: change {key} of run {run.name}: decide with `idu review decide {run.id} "
-        f"{key} --action approve --reviewer NAME` (or POST {where})",
+        f"review waiting: change {key} of run {run.name}: review it in the browser{page}, or decide with "
+        f"`idu review decide {run.id} {key} --action approve --reviewer NAME`",
         err=True,
     )
 
@@ -670,6 +670,74 @@ def review_list(
         )
     if json_out:
         _emit({"reviews": revs})
+
+
+users_app = typer.Typer(no_args_is_help=True, help="Accounts of the review UI (STORE/.review/users.json).")
+app.add_typer(users_app, name="users")
+UsersStore = Annotated[Path, typer.Option(help="Store folder the review UI serves.")]
+
+
+def _password(name: str, from_stdin: bool) -> str:
+    """The new password: one line of stdin with --password-stdin, else asked twice on the terminal."""
+    import getpass
+
+    if from_stdin:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("no terminal to ask for the password on; pass --password-stdin")
+        pw = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != pw:
+            raise typer.BadParameter("the two passwords differ")
+    return pw
+
+
+@users_app.command("add")
+@command
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[
+        str, typer.Option(help="viewer (looks), reviewer (decides), operator (also updates and rolls back).")
+    ],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Change an existing user's role and password.")
+    ] = False,
+    store: UsersStore = Path("store"),
+    json_out: JsonFlag = False,
+):
+    """Create a review-UI account (the password is stored as an argon2id hash, never in clear)."""
+    from review_ui.users import UserStore
+
+    user = UserStore(store).add(name, role, _password(name, password_stdin), replace=replace)
+    typer.echo(f"{'changed' if replace else 'added'} {user.name} ({user.role}) in {store}", err=True)
+    if json_out:
+        _emit({"user": user.name, "role": user.role})
+
+
+@users_app.command("list")
+@command
+def users_list(store: UsersStore = Path("store"), json_out: JsonFlag = False):
+    """The accounts and their roles."""
+    from review_ui.users import UserStore
+
+    users = UserStore(store).list()
+    for u in users:
+        typer.echo(f"{u.name}\t{u.role}", err=True)
+    if json_out:
+        _emit({"users": [{"user": u.name, "role": u.role} for u in users]})
+
+
+@users_app.command("remove")
+@command
+def users_remove(name: Annotated[str, typer.Argument(help="User name.")], store: UsersStore = Path("store")):
+    """Delete an account (its sessions end at their next request)."""
+    from review_ui.users import UserStore
+
+    UserStore(store).remove(name)
+    typer.echo(f"removed {name}", err=True)
 
 
 @app.command("serve")

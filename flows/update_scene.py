@@ -14,6 +14,7 @@ again against the new version (decisions carry over to the same changes) instead
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import time
@@ -137,6 +138,21 @@ def _propose(key: str, proposal: dict[str, Any]) -> None:
         create_flow_run_input(PROPOSAL_PREFIX + key, proposal)
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _decided_at(key: str) -> str:
+    """When the reviewer's input for ``key`` reached the server (the flow re-runs from the top after
+    each resume, so the time it reads the input is not the decision's)."""
+    from prefect.client.orchestration import get_client
+
+    run_id = get_run_context().flow_run.id
+    with get_client(sync_client=True) as client:
+        found = client.filter_flow_run_input(run_id, f"suspended-{key}-response", 1, set())
+    return found[0].created.isoformat(timespec="seconds") if found and found[0].created else _now()
+
+
 def _same_change(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import numpy as np
 
@@ -172,6 +188,8 @@ def review_change(
     carried = _carried(c, earlier)
     for rnd in range(20):
         key = f"v{base}-{c['id']}-r{rnd}"
+        stored = not options.auto_approve and carried is None  # a reviewer's input on the server
+        when = _now() if carried is None else (carried.get("rounds") or [{}])[-1].get("decided_at", _now())
         if options.auto_approve:
             d = ReviewDecision(action="approve", reviewer="auto-approve")
         elif carried is not None:
@@ -204,6 +222,7 @@ def review_change(
             d.model_dump(
                 include={"action", "reviewer", "comment", "label", "translation", "rotation_wxyz", "scale"}
             )
+            | {"decided_at": _decided_at(key) if stored else when}
         )
         logger.info("%s: %s by %s%s", c["id"], d.action, d.reviewer, f" ({d.comment})" if d.comment else "")
         if d.label:
@@ -250,6 +269,8 @@ def _merge_entry(r: dict[str, Any]) -> dict[str, Any]:
         "reviewer": r["reviewer"],
         "comment": r["comment"] or None,
         "label": r["label"],
+        "decided_at": r["rounds"][-1]["decided_at"] if r.get("rounds") else None,
+        "rounds": r.get("rounds", [])[:-1],
     }
     if r["action"] != "approve":
         return e

@@ -82,6 +82,8 @@ class Decision:
     reviewer: str | None = None
     comment: str | None = None
     label: str | None = None
+    decided_at: str | None = None  # ISO time of the decision (the update flow sets it)
+    rounds: list[dict[str, Any]] | None = None  # the review rounds before it (adjust, relabel, ...)
     gaussian_ids: np.ndarray | None = None  # [K] int64, sorted, unique
     box: dict[str, Any] | None = None
     asset: Splats | None = None
@@ -100,6 +102,10 @@ class Decision:
             "change_id": self.change_id, "action": self.action, "kind": self.kind,
             "reviewer": self.reviewer, "comment": self.comment, "label": self.label,
         }  # fmt: skip
+        if self.decided_at:
+            out["decided_at"] = self.decided_at
+        if self.rounds:
+            out["rounds"] = self.rounds
         if self.applied and self.kind in ("added", "moved"):
             out["transform"] = {"rotation": self.rotation.tolist(), "translation": self.translation.tolist(),
                                 "scale": self.scale}  # fmt: skip
@@ -183,7 +189,8 @@ def parse_decisions(doc: dict[str, Any], base_dir: str | os.PathLike, num_gaussi
         kind = d.get("kind")
         if action == "approve" and kind not in KINDS:
             raise DecisionError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-        dec = Decision(cid, action, kind, d.get("reviewer"), d.get("comment"), d.get("label"))
+        dec = Decision(cid, action, kind, d.get("reviewer"), d.get("comment"), d.get("label"),
+                       d.get("decided_at"), d.get("rounds"))  # fmt: skip
         if action != "approve":
             out.append(dec)
             continue

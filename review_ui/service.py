@@ -139,6 +139,59 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
         raise ReviewError(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
 
 
+def proposal(run_id: str | UUID, key: str) -> dict[str, Any]:
+    """What run ``run_id`` proposed for the review ``key`` (kept after the decision). ReviewError if none."""
+    rid = _run_id(run_id)
+    from prefect.exceptions import ObjectNotFound
+
+    with _client() as client:
+        try:
+            p = _proposal(client, rid, key)
+        except ObjectNotFound:
+            p = None
+    if p is None:
+        raise ReviewError(f"run {rid} proposed no change under {key!r}")
+    return p
+
+
+def run_info(run_id: str | UUID) -> dict[str, Any]:
+    """One IDU run: name, flow, state, scene, times, the review it waits for, the version it published."""
+    from prefect.exceptions import ObjectNotFound
+
+    from reconstruction.store import SceneStore
+
+    rid = _run_id(run_id)
+    with _client() as client:
+        try:
+            r = client.read_flow_run(rid)
+        except ObjectNotFound:
+            raise ReviewError(f"run {rid}: no such flow run") from None
+        flow = client.read_flow(r.flow_id).name
+    paused = r.state is not None and r.state.is_paused()
+    out = {
+        "run_id": str(r.id),
+        "name": r.name,
+        "flow": flow,
+        "state": r.state.name if r.state else None,
+        "state_type": r.state.type.value if r.state else None,
+        "scene": r.parameters.get("scene"),
+        "started": r.start_time.isoformat() if r.start_time else None,
+        "ended": r.end_time.isoformat() if r.end_time else None,
+        "waiting_for": r.state.state_details.pause_key if paused else None,
+        "version": None,
+    }
+    if flow == UPDATE_FLOW and out["scene"]:
+        try:
+            scene = SceneStore.from_ref(out["scene"])
+            for n in reversed(scene.version_numbers()):
+                if scene.version(n).meta.get("flow_run_id") == str(rid):
+                    out["version"] = n
+                    break
+        except IDUError:
+            pass
+    return out
+
+
 def _proposals(run_id: UUID) -> list[dict[str, Any]]:
     """What an update run showed its reviewers: the pending proposal and the decided changes (its ledger)."""
     import json
@@ -211,4 +264,12 @@ def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["ReviewError", "crop_path", "decide", "pending_reviews", "recent_runs"]
+__all__ = [
+    "ReviewError",
+    "crop_path",
+    "decide",
+    "pending_reviews",
+    "proposal",
+    "recent_runs",
+    "run_info",
+]

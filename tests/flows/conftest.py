@@ -20,6 +20,32 @@ def idu_services(tmp_path_factory):
         yield s
 
 
+def signed_in(base: str, name: str, password: str):
+    """An httpx client of the review app signed in as ``name`` through its login form, sending the
+    session's CSRF token with every request."""
+    import re
+
+    import httpx
+
+    c = httpx.Client(base_url=base, timeout=60)
+    token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login", data={"username": name, "password": password, "login_token": token})
+    assert r.status_code == 303, f"sign-in of {name} failed: {r.status_code}"
+    c.headers["X-CSRF-Token"] = c.get("/api/session").json()["csrf"]
+    return c
+
+
+@pytest.fixture(scope="session")
+def ana(idu_services):
+    """The review app signed in as ana, a reviewer."""
+    from review_ui.users import UserStore
+
+    UserStore(idu_services.store).add("ana", "reviewer", "ana-Review-7731", replace=True)
+    c = signed_in(idu_services.ui_url, "ana", "ana-Review-7731")
+    yield c
+    c.close()
+
+
 def copy_scene(src, store: Path, name: str):
     """A copy of scene ``src`` as ``store/name`` (without its caches: the copy builds its own)."""
     from reconstruction.store import SceneStore

@@ -26,48 +26,46 @@ def start_update(scene, images, **options):
                                        "options": UpdateOptions(**options).model_dump()})  # fmt: skip
 
 
-def api_decide(services, run_id, key, decision) -> httpx.Response:
-    return httpx.post(f"{services.ui_url}/api/runs/{run_id}/reviews/{key}", json=decision, timeout=30)
+def api_decide(client: httpx.Client, run_id, key, decision) -> httpx.Response:
+    """A decision through the review app's API (signed in: the reviewer is the session's user)."""
+    return client.post(f"/api/runs/{run_id}/reviews/{key}", json=decision)
 
 
-def test_a_review_resumes_the_run_and_the_approved_change_is_merged(idu_services, new_scene, after_photos):
+def test_a_review_resumes_the_run_and_the_approved_change_is_merged(
+    idu_services, ana, new_scene, after_photos
+):
     run = start_update(new_scene, after_photos(), review_url=idu_services.ui_url)
     r = wait_for(run.id, suspended())
     key = r.state.state_details.pause_key
     assert key == "v1-c1-r0"
     # the queue shows it, with what the flow proposed
-    pending = {p["run_id"]: p for p in httpx.get(f"{idu_services.ui_url}/api/reviews").json()}
+    pending = {p["run_id"]: p for p in ana.get("/api/reviews").json()}
     prop = pending[str(run.id)]["proposal"]
     assert prop["change"]["kind"] == "added" and prop["base"] == 1 and prop["asset"]["num_gaussians"] > 100
     assert pending[str(run.id)]["scene"] == new_scene.ref
 
     # invalid decisions are refused by the server; the run stays suspended
-    for bad in ({"action": "approve"},                                  # no reviewer
+    for bad in ({"action": "approve", "comment": "x" * 2001},           # comment too long
                 {"action": "merge-it", "reviewer": "ana"},              # no such action
                 {"action": "relabel", "reviewer": "ana"},               # relabel needs a label
                 {"action": "adjust", "reviewer": "ana"},                # adjust needs a placement
                 {"action": "approve", "reviewer": "ana", "scale": -1},  # scale must be positive
                 {"action": "approve", "reviewer": "ana", "translation": [1, 2]}):  # fmt: skip
-        res = api_decide(idu_services, run.id, key, bad)
+        res = api_decide(ana, run.id, key, bad)
         assert res.status_code == 422, (bad, res.text)
         assert read_run(run.id).state.is_paused()
     # a decision for another change, or for a run that does not wait, is refused
-    assert (
-        api_decide(idu_services, run.id, "v1-c9-r0", {"action": "approve", "reviewer": "ana"}).status_code
-        == 409
-    )
+    assert api_decide(ana, run.id, "v1-c9-r0", {"action": "approve", "reviewer": "ana"}).status_code == 409
 
     # adjust the placement (10 cm up), then approve
-    res = api_decide(
-        idu_services, run.id, key, {"action": "adjust", "reviewer": "ana", "translation": [0, 0, 0.1]}
-    )
+    res = api_decide(ana, run.id, key, {"action": "adjust", "reviewer": "ana", "translation": [0, 0, 0.1]})
     assert res.status_code == 200, res.text
     r = wait_for(run.id, suspended("v1-c1-r1"))
     prop = next(p for p in pending_reviews() if p["run_id"] == str(run.id))["proposal"]
     shift = np.subtract(prop["placement"]["translation"], prop["asset"]["transform"]["translation"])
     assert np.allclose(shift, [0, 0, 0.1])
     approve = {"action": "approve", "reviewer": "ana", "comment": "a new object"}
-    assert api_decide(idu_services, run.id, "v1-c1-r1", approve).status_code == 200
+    assert api_decide(ana, run.id, "v1-c1-r1", approve).status_code == 200
     done = wait_for(run.id, final)
     out = runs.result(done)
     with pytest.raises(ReviewError, match="not waiting"):
@@ -92,10 +90,11 @@ def test_a_review_resumes_the_run_and_the_approved_change_is_merged(idu_services
     assert "New version: 2" in md and "after_004.png | registered" in md and "approve by ana" in md
     thumb = f"{idu_services.ui_url}/files/{run.id}/c1/crop"
     assert thumb in md
-    res = httpx.get(thumb)
+    res = ana.get(thumb)
     assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg" and len(res.content) > 500
-    assert httpx.get(f"{idu_services.ui_url}/files/{run.id}/c7/crop").status_code == 404
-    assert httpx.get(f"{idu_services.ui_url}/files/{run.id}/..%2F..%2Fetc/crop").status_code == 404
+    assert httpx.get(thumb).status_code == 401  # signed-in reviewers only
+    assert ana.get(f"/files/{run.id}/c7/crop").status_code == 404
+    assert ana.get(f"/files/{run.id}/..%2F..%2Fetc/crop").status_code == 404
     # nothing was computed twice: the re-executions after each review answered from the cache
     states = task_states(run.id)
     for name in ("register", "detect changes", "make asset"):
