@@ -1,7 +1,7 @@
 """`make demo`: IDU's main job end to end, through the `idu` command line and a real Prefect server.
 
 1. the small benchmark world (seed 0; generated once, cached under IDU_CACHE_DIR);
-2. `idu serve` on the demo store (embedded Prefect server, IDU's deployments, the review API);
+2. `idu serve` on the demo store (embedded Prefect server, IDU's deployments, the review web app);
 3. `idu scene bootstrap` of its before-photos (the bootstrap-scene deployment; kept between demos);
 4. `idu update` with its after-photos: register, detect, make assets, review each change, merge.
    With DEMO_AUTO_APPROVE=1 (or without a terminal) every change is approved; otherwise the demo prints
@@ -80,7 +80,7 @@ def main() -> None:
 
     serve, urls = start_serve(store, a.port, out / "serve.log")
     times["serve"] = time.perf_counter() - t0 - sum(times.values())
-    say(f"idu serve is up: Prefect UI {urls['api_url'].removesuffix('/api')}, review API {urls['ui_url']}")
+    say(f"idu serve is up: Prefect UI {urls['api_url'].removesuffix('/api')}, review app {urls['ui_url']}")
     try:
         from reconstruction.store import SceneStore
 
@@ -98,7 +98,10 @@ def main() -> None:
         how = (
             " (every change approved automatically)"
             if auto
-            else (": decide on each change with the commands printed below (or POST to the review API)")
+            else (
+                f": review each change at {urls['ui_url']} (make an account first: `idu users add NAME "
+                f"--role reviewer --store {store}`) or with the `idu review decide` commands printed below"
+            )
         )
         say("updating it from the after-photos" + how)
         args = ["update", ref, "--images", world / "after" / "images", "--wait"]

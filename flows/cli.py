@@ -764,6 +764,13 @@ def serve_cmd(
             f"{s.api_url.removesuffix('/api')}\n  review:      {s.ui_url}\nCtrl-C to stop",
             err=True,
         )
+        from review_ui.users import UserStore
+
+        if not UserStore(store).list():
+            typer.echo(
+                f"no review accounts yet: `idu users add NAME --role reviewer --store {store}` makes one",
+                err=True,
+            )
         while not stop.is_set():
             for p in list(s.processes.values()):
                 if p.proc is not None and p.proc.poll() is not None:

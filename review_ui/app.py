@@ -37,6 +37,7 @@ import re
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +46,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from reconstruction.errors import IDUError
 from review_ui import media, service
@@ -163,6 +165,8 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
     sessions = Sessions(users)
     reads = _TTLCache(1.0)
     proposals: dict[tuple[str, str], dict[str, Any]] = {}
+    warmed: set[tuple[str, str]] = set()
+    warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idu-review-warm")
 
     async def guard(request: Request) -> None:
         """Every route: a signed-in user; every state-changing request: the session's CSRF token."""
@@ -232,7 +236,21 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         return user
 
     def pending() -> list[dict[str, Any]]:
-        return reads.get("pending", service.pending_reviews)
+        items = reads.get("pending", service.pending_reviews)
+        for r in items:
+            if r.get("proposal") and (r["run_id"], r["key"]) not in warmed:
+                warmed.add((r["run_id"], r["key"]))
+                warmer.submit(warm, r["proposal"], r["key"])
+        return items
+
+    def warm(p: dict[str, Any], key: str) -> None:
+        """Render a newly pending change's pictures before its reviewer asks for them."""
+        for photo in media.photos_of(p):
+            for kind in ("before", "after", "composite"):
+                try:
+                    media.change_picture(p, key, photo, kind)
+                except Exception as e:  # noqa: BLE001 - the page asks again and shows the error then
+                    log.warning("%s %s %s: %s", key, photo, kind, e)
 
     def get_proposal(run_id: str, key: str) -> dict[str, Any]:
         k = (run_id, key)
@@ -275,7 +293,7 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         form = await request.form()
         name, password = str(form.get("username") or ""), str(form.get("password") or "")
         nxt = str(form.get("next") or "/")
-        if not nxt.startswith("/") or nxt.startswith("//"):
+        if not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:  # only paths of this app
             nxt = "/"
         if not sessions.check_login_token(
             request.cookies.get(LOGIN_COOKIE), str(form.get("login_token") or "")
@@ -355,11 +373,11 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
     @app.post("/reviews/{run_id}/{key}", response_class=HTMLResponse)
     async def change_decide(request: Request, run_id: str, key: str):
         user = need(request, "reviewer")
-        get_proposal(run_id, key)
+        await run_in_threadpool(get_proposal, run_id, key)  # the Prefect client blocks: not on the loop
         decision = decision_from_form(await request.form(), user.name)
         if decision["action"] not in ACTIONS:
             raise HTTPException(422, f"action {decision['action']!r} is not one of {', '.join(ACTIONS)}")
-        decide(run_id, key, decision)
+        await run_in_threadpool(decide, run_id, key, decision)
         return page(request, "_decided.html", {"decision": decision, "run_id": run_id, "key": key})
 
     @app.get("/media/{run_id}/{key}/{photo}/{kind}.jpg")
@@ -471,8 +489,9 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         options = UpdateOptions(auto_approve=bool(form.get("auto_approve")),
                                 review_url=str(request.base_url).rstrip("/"))  # fmt: skip
         try:
-            run = runs.start("update-scene", {"scene": scene.ref, "images": str(folder),
-                                              "options": options.model_dump()})  # fmt: skip
+            params = {"scene": scene.ref, "images": str(folder), "options": options.model_dump()}
+            # Prefect's run_deployment is a coroutine inside an event loop: call it from a worker thread
+            run = await run_in_threadpool(runs.start, "update-scene", params)
         except IDUError as e:
             raise HTTPException(503, str(e)) from None
         log.info("%s started update %s of %s with %d photo(s)", user.name, run.name, name, len(files))
@@ -510,7 +529,7 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
             raise HTTPException(422, "the body is not JSON") from None
         if not isinstance(body, dict):
             raise HTTPException(422, "the body must be a JSON object (a ReviewDecision)")
-        return decide(run_id, key, {**body, "reviewer": user.name})
+        return await run_in_threadpool(decide, run_id, key, {**body, "reviewer": user.name})
 
     return app
 

@@ -172,12 +172,12 @@ def test_sign_in_is_throttled_and_passwords_are_never_logged(ui, idu_services):
     codes = []
     for _ in range(6):
         token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text).group(1)
-        r = c.post("/login", data={"username": "olga", "password": "wrong-" + PASSWORDS["olga"],
+        r = c.post("/login", data={"username": "mallory", "password": PASSWORDS["olga"],
                                    "login_token": token})  # fmt: skip
         codes.append(r.status_code)
     assert codes[:5] == [401] * 5 and "Too many" in r.text
     logs = "".join(p.read_text(errors="replace") for p in prefect_home(idu_services.store).glob("*.log"))
-    assert "failed sign-in for 'olga'" in logs  # the audit log is written ...
+    assert "failed sign-in for 'mallory'" in logs  # the audit log is written ...
     for pw in PASSWORDS.values():  # ... without any password, right or wrong
         assert pw not in logs
     users = (Path(idu_services.store) / ".review" / "users.json").read_text()
@@ -304,3 +304,35 @@ def test_a_reviewer_adjusts_and_approves_one_change_and_rejects_another_in_chrom
     assert base["num_gaussians"] < v2["num_gaussians"]
     run2 = wait_for(second["run_id"], final, timeout=300)
     assert run2.state.is_completed() and second["scene"].current_version() == 1
+
+
+def test_an_operator_starts_an_update_from_uploaded_photos_and_rolls_the_scene_back(
+    ui, bench_world, idu_services
+):
+    world, scene = bench_world
+    sc = copy_scene(scene, idu_services.store, "ui-ops")
+    files = [
+        ("photos", (p.name, p.read_bytes(), "image/png"))
+        for p in sorted((world / "after" / "images").iterdir())
+    ]
+    rita, csrf = login(ui, "rita")
+    r = rita.post("/scenes/ui-ops/update", data={"csrf_token": csrf, "auto_approve": "1"}, files=files)
+    assert r.status_code == 403 and "operator" in r.text  # reviewers decide; operators start updates
+    olga, csrf = login(ui, "olga")
+    r = olga.post("/scenes/ui-ops/update", data={"auto_approve": "1"}, files=files)
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = olga.post("/scenes/ui-ops/update", data={"csrf_token": csrf, "auto_approve": "1"}, files=files)
+    assert r.status_code == 303 and r.headers["location"].startswith("/runs/")
+    run_id = r.headers["location"].rsplit("/", 1)[1]
+    run = wait_for(run_id, final, timeout=400)
+    assert run.state.is_completed(), run.state.message
+    assert sc.current_version() == 2
+    page = olga.get(f"/runs/{run_id}").text
+    assert 'data-testid="run-version"' in page and "version 2" in page
+    # a rollback from the scene page moves `current` back; nothing is deleted
+    r = olga.post("/scenes/ui-ops/rollback", data={"csrf_token": csrf, "to": "1"})
+    assert r.status_code == 303 and sc.current_version() == 1 and sc.version_numbers() == [1, 2]
+    page = olga.get("/scenes/ui-ops").text
+    assert "rollback from v2 to v1" in page and "rollback by olga" in page
+    r = olga.post("/scenes/ui-ops/rollback", data={"csrf_token": csrf, "to": "7"})
+    assert r.status_code == 422 and "no version 7" in r.text
