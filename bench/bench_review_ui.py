@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -34,14 +33,9 @@ PASSWORD = "bench-Reviewer-2026"
 
 
 def _client(base: str, name: str):
-    import httpx
+    from review_ui.client import sign_in
 
-    c = httpx.Client(base_url=base, timeout=120)
-    token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text).group(1)
-    r = c.post("/login", data={"username": name, "password": PASSWORD, "login_token": token})
-    assert r.status_code == 303, f"sign-in of {name}: {r.status_code}"
-    c.headers["X-CSRF-Token"] = c.get("/api/session").json()["csrf"]
-    return c
+    return sign_in(base, name, PASSWORD)
 
 
 def _percentiles(xs: list[float]) -> dict[str, float]:

@@ -39,6 +39,7 @@ from tasks.update import (
     make_asset,
     publish,
     register,
+    review_pictures,
     scene_of,
     snapshot_photos,
     stage_merge,
@@ -133,9 +134,15 @@ def _placement(base: dict[str, Any], d: ReviewDecision) -> dict[str, Any]:
 
 
 def _propose(key: str, proposal: dict[str, Any]) -> None:
-    """What the review UI shows for the change (a flow-run input next to the decision's keys)."""
-    if read_flow_run_input(PROPOSAL_PREFIX + key) is None:
-        create_flow_run_input(PROPOSAL_PREFIX + key, proposal)
+    """What the review UI shows for the change (a flow-run input next to the decision's keys), its
+    pictures rendered first; once per review (the run re-executes from the top after each resume)."""
+    if read_flow_run_input(PROPOSAL_PREFIX + key) is not None:
+        return
+    try:
+        review_pictures(proposal, key)
+    except Exception as e:  # noqa: BLE001 - the review app renders them on demand then
+        get_run_logger().warning("%s: the review pictures could not be made (%s)", key, e)
+    create_flow_run_input(PROPOSAL_PREFIX + key, proposal)
 
 
 def _now() -> str:
@@ -200,21 +207,19 @@ def review_change(
             )
             label = label or carried.get("label")
         else:
-            _propose(
-                key,
-                {
-                    "change": c,
-                    "asset": asset,
-                    "placement": placement,
-                    "label": label,
-                    "base": base,
-                    "scene": scene,
-                    "batch": batch["hash"],
-                    "detect_folder": detection["folder"],
-                    "photos": batch["photos"],
-                    "round": rnd,
-                },
-            )
+            proposal = {
+                "change": c,
+                "asset": asset,
+                "placement": placement,
+                "label": label,
+                "base": base,
+                "scene": scene,
+                "batch": batch["hash"],
+                "detect_folder": detection["folder"],
+                "photos": batch["photos"],
+                "round": rnd,
+            }
+            _propose(key, proposal)
             d = suspend_flow_run(
                 wait_for_input=ReviewDecision, key=key, timeout=int(options.review_timeout_hours * 3600)
             )

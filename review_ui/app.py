@@ -244,13 +244,12 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         return items
 
     def warm(p: dict[str, Any], key: str) -> None:
-        """Render a newly pending change's pictures before its reviewer asks for them."""
-        for photo in media.photos_of(p):
-            for kind in ("before", "after", "composite"):
-                try:
-                    media.change_picture(p, key, photo, kind)
-                except Exception as e:  # noqa: BLE001 - the page asks again and shows the error then
-                    log.warning("%s %s %s: %s", key, photo, kind, e)
+        """Render a pending change's pictures if the flow did not (its cache is on disk, so this is
+        quick when it did)."""
+        try:
+            media.prepare(p, key)
+        except Exception as e:  # noqa: BLE001 - the page asks again and shows the error then
+            log.warning("pictures of %s: %s", key, e)
 
     def get_proposal(run_id: str, key: str) -> dict[str, Any]:
         k = (run_id, key)
@@ -275,7 +274,7 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         try:
             out = service.decide(run_id, key, decision)
         except service.ReviewError as e:
-            raise HTTPException(422 if "refused" in str(e) else 409, str(e)) from None
+            raise HTTPException(422 if isinstance(e, service.DecisionRefused) else 409, str(e)) from None
         reads.clear()
         log.info("%s decided %s on %s of run %s", decision["reviewer"], decision["action"], key, run_id)
         return out

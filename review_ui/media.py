@@ -183,6 +183,17 @@ def change_picture(proposal: dict[str, Any], key: str, photo: str, kind: str) ->
     return out
 
 
+def prepare(proposal: dict[str, Any], key: str) -> int:
+    """Render (and cache) every picture of a change's page; returns how many. The update flow calls it
+    before it asks for the review, so that reviewers never wait for a render."""
+    n = 0
+    for photo in photos_of(proposal):
+        for kind in ("before", "after", "composite"):
+            change_picture(proposal, key, photo, kind)
+            n += 1
+    return n
+
+
 def _rows(sp) -> np.ndarray:
     """[N, 14] float32: x y z, scale x y z (linear), quat w x y z, r g b (0..1), opacity (0..1)."""
     from reconstruction.sh import C0 as SH_C0
@@ -265,4 +276,12 @@ def version_thumbnail(store: str | Path, name: str, number: int, side: str = "af
     return out
 
 
-__all__ = ["KINDS", "MediaError", "change_picture", "photos_of", "version_thumbnail", "viewer_splats"]
+__all__ = [
+    "KINDS",
+    "MediaError",
+    "change_picture",
+    "photos_of",
+    "prepare",
+    "version_thumbnail",
+    "viewer_splats",
+]

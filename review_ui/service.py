@@ -26,6 +26,10 @@ class ReviewError(IDUError):
     """A decision the server or the run refused (invalid, already decided, timed out, another run's)."""
 
 
+class DecisionRefused(ReviewError):
+    """The server refused the decision itself (it does not fit ReviewDecision); the run still waits."""
+
+
 def _client():
     from prefect.client.orchestration import get_client
 
@@ -37,6 +41,15 @@ def _run_id(run_id: str | UUID) -> UUID:
         return UUID(str(run_id))
     except ValueError:
         raise ReviewError(f"{run_id!r}: not a flow run id") from None
+
+
+def _read_run(client, rid: UUID):
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_flow_run(rid)
+    except ObjectNotFound:
+        raise ReviewError(f"run {rid}: no such flow run") from None
 
 
 def _flow_names(client, runs) -> dict:
@@ -114,15 +127,10 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
     """
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.responses import SetStateStatus
-    from prefect.exceptions import ObjectNotFound
 
     rid = _run_id(run_id)
     with _client() as client:
-        try:
-            run = client.read_flow_run(rid)
-        except ObjectNotFound:
-            raise ReviewError(f"run {rid}: no such flow run") from None
-        state = run.state
+        state = _read_run(client, rid).state
         if state is None or state.type != StateType.PAUSED:
             raise ReviewError(
                 f"run {rid} is not waiting for a review (it is {state.name if state else 'new'})"
@@ -136,7 +144,23 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
         after = client.read_flow_run(rid).state
         if after is not None and after.type == StateType.FAILED:
             raise ReviewError(f"run {rid}: the review of {key} timed out; nothing was merged ({reason})")
-        raise ReviewError(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
+        if after is None or not after.is_paused() or after.state_details.pause_key != key:
+            # another reviewer's decision got there first
+            raise ReviewError(f"run {rid} is not waiting for a review of {key} any more (already decided)")
+        raise DecisionRefused(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
+
+
+def _run_summary(r, flow: str | None) -> dict[str, Any]:
+    return {
+        "run_id": str(r.id),
+        "name": r.name,
+        "flow": flow,
+        "state": r.state.name if r.state else None,
+        "state_type": r.state.type.value if r.state else None,
+        "scene": r.parameters.get("scene"),
+        "started": r.start_time.isoformat() if r.start_time else None,
+        "ended": r.end_time.isoformat() if r.end_time else None,
+    }
 
 
 def proposal(run_id: str | UUID, key: str) -> dict[str, Any]:
@@ -156,27 +180,15 @@ def proposal(run_id: str | UUID, key: str) -> dict[str, Any]:
 
 def run_info(run_id: str | UUID) -> dict[str, Any]:
     """One IDU run: name, flow, state, scene, times, the review it waits for, the version it published."""
-    from prefect.exceptions import ObjectNotFound
-
     from reconstruction.store import SceneStore
 
     rid = _run_id(run_id)
     with _client() as client:
-        try:
-            r = client.read_flow_run(rid)
-        except ObjectNotFound:
-            raise ReviewError(f"run {rid}: no such flow run") from None
+        r = _read_run(client, rid)
         flow = client.read_flow(r.flow_id).name
     paused = r.state is not None and r.state.is_paused()
     out = {
-        "run_id": str(r.id),
-        "name": r.name,
-        "flow": flow,
-        "state": r.state.name if r.state else None,
-        "state_type": r.state.type.value if r.state else None,
-        "scene": r.parameters.get("scene"),
-        "started": r.start_time.isoformat() if r.start_time else None,
-        "ended": r.end_time.isoformat() if r.end_time else None,
+        **_run_summary(r, flow),
         "waiting_for": r.state.state_details.pause_key if paused else None,
         "version": None,
     }
@@ -250,14 +262,7 @@ def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
                 continue
             out.append(
                 {
-                    "run_id": str(r.id),
-                    "name": r.name,
-                    "flow": flow,
-                    "state": r.state.name if r.state else None,
-                    "state_type": r.state.type.value if r.state else None,
-                    "scene": r.parameters.get("scene"),
-                    "started": r.start_time.isoformat() if r.start_time else None,
-                    "ended": r.end_time.isoformat() if r.end_time else None,
+                    **_run_summary(r, flow),
                     "deployment_id": str(r.deployment_id) if r.deployment_id else None,
                 }
             )
@@ -265,6 +270,7 @@ def recent_runs(limit: int = 50) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "DecisionRefused",
     "ReviewError",
     "crop_path",
     "decide",

@@ -148,6 +148,15 @@ def make_asset(
     return doc
 
 
+@task(name="review pictures", cache_policy=NO_CACHE)
+def review_pictures(proposal: dict[str, Any], key: str) -> int:
+    """The review page's pictures of a change (before/after/composite per photo; review_ui.media), made
+    before the run asks for the review so that the reviewer does not wait for renders."""
+    from review_ui.media import prepare
+
+    return prepare(proposal, key)
+
+
 @task(name="stage merge", cache_policy=NO_CACHE)
 def stage_merge(writer, decisions: dict[str, Any], base_dir: str, flow_run_id: str | None) -> dict[str, Any]:
     """Write the new version into the store's staging area (not visible until published)."""

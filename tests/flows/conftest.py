@@ -21,18 +21,10 @@ def idu_services(tmp_path_factory):
 
 
 def signed_in(base: str, name: str, password: str):
-    """An httpx client of the review app signed in as ``name`` through its login form, sending the
-    session's CSRF token with every request."""
-    import re
+    """An httpx client of the review app signed in as ``name`` (review_ui.client.sign_in)."""
+    from review_ui.client import sign_in
 
-    import httpx
-
-    c = httpx.Client(base_url=base, timeout=60)
-    token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text).group(1)
-    r = c.post("/login", data={"username": name, "password": password, "login_token": token})
-    assert r.status_code == 303, f"sign-in of {name} failed: {r.status_code}"
-    c.headers["X-CSRF-Token"] = c.get("/api/session").json()["csrf"]
-    return c
+    return sign_in(base, name, password, timeout=60)
 
 
 @pytest.fixture(scope="session")
