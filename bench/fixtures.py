@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 
 from reconstruction.bootstrap import BootstrapConfig
-from reconstruction.sfm import SfMConfig
 from reconstruction.store import Scene
 from reconstruction.train import preset
 
-from .runner import cache_root, cached_bootstrap
+from .runner import BENCH_SFM, cache_root, cached_bootstrap
 from .worlds import GENERATOR_VERSION, generate_world
 
 FIXTURE_SEED = 0
@@ -31,12 +30,10 @@ FIXTURE_SIZE = "small"
 
 
 def fixture_config() -> BootstrapConfig:
-    """How the fixture scene is bootstrapped: the "fast" preset, known poses, COLMAP on one thread (its
-    multi-threaded matching and triangulation give a slightly different model each time, and so a scene
-    on which detection may find one more or one less candidate; the tests expect the same scene)."""
-    return BootstrapConfig(
-        sfm=SfMConfig(num_threads=1), train=dataclasses.replace(preset("fast")), progress=False
-    )
+    """How the fixture scene is bootstrapped: the "fast" preset, known poses, COLMAP on one thread (the
+    benchmark runner's BENCH_SFM: the same scene on every machine, which the tests expect)."""
+    sfm = dataclasses.replace(BENCH_SFM)
+    return BootstrapConfig(sfm=sfm, train=dataclasses.replace(preset("fast")), progress=False)
 
 
 def fixture_world(root: Path | None = None) -> Path:
