@@ -37,7 +37,7 @@ import re
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -165,8 +165,6 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
     sessions = Sessions(users)
     reads = _TTLCache(1.0)
     proposals: dict[tuple[str, str], dict[str, Any]] = {}
-    warmed: set[tuple[str, str]] = set()
-    warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idu-review-warm")
 
     async def guard(request: Request) -> None:
         """Every route: a signed-in user; every state-changing request: the session's CSRF token."""
@@ -236,20 +234,10 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
         return user
 
     def pending() -> list[dict[str, Any]]:
-        items = reads.get("pending", service.pending_reviews)
-        for r in items:
-            if r.get("proposal") and (r["run_id"], r["key"]) not in warmed:
-                warmed.add((r["run_id"], r["key"]))
-                warmer.submit(warm, r["proposal"], r["key"])
-        return items
+        return reads.get("pending", service.pending_reviews)
 
-    def warm(p: dict[str, Any], key: str) -> None:
-        """Render a pending change's pictures if the flow did not (its cache is on disk, so this is
-        quick when it did)."""
-        try:
-            media.prepare(p, key)
-        except Exception as e:  # noqa: BLE001 - the page asks again and shows the error then
-            log.warning("pictures of %s: %s", key, e)
+    def pending_per_scene() -> dict[str, int]:
+        return dict(Counter(Path(r["scene"] or "?").name for r in pending()))
 
     def get_proposal(run_id: str, key: str) -> dict[str, Any]:
         k = (run_id, key)
@@ -325,11 +313,7 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
     # -- the queue --------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
     def queue(request: Request):
-        items = pending()
-        counts: dict[str, int] = {}
-        for r in items:
-            counts[Path(r["scene"] or "?").name] = counts.get(Path(r["scene"] or "?").name, 0) + 1
-        return page(request, "queue.html", {"items": items, "counts": counts})
+        return page(request, "queue.html", {"items": pending(), "counts": pending_per_scene()})
 
     @app.get("/partials/runs", response_class=HTMLResponse)
     def runs_partial(request: Request):
@@ -408,9 +392,7 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
     def scenes_page(request: Request):
         from reconstruction.store import SceneStore
 
-        counts: dict[str, int] = {}
-        for r in pending():
-            counts[Path(r["scene"] or "?").name] = counts.get(Path(r["scene"] or "?").name, 0) + 1
+        counts = pending_per_scene()
         rows = []
         for name in SceneStore(store).scenes():
             sc = SceneStore(store).scene(name)

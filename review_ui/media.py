@@ -218,7 +218,9 @@ def viewer_splats(proposal: dict[str, Any]) -> bytes:
     sp = _splats(proposal["scene"], int(proposal["base"]))
     d = np.linalg.norm(sp.means - centre, axis=1)
     keep = np.argsort(d)[:VIEWER_MAX_SPLATS]
-    keep = keep[d[keep] < 6 * diag] if (d[keep] < 6 * diag).sum() > 200 else keep
+    near = d[keep] < 6 * diag
+    if near.sum() > 200:  # a sparse neighbourhood keeps the nearest ones, however far
+        keep = keep[near]
     scene_rows = _rows(_subset(sp, np.sort(keep)))
     asset = proposal.get("asset")
     asset_rows = _rows(_asset(asset["path"])) if asset else np.zeros((0, 14), np.float32)
