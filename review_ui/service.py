@@ -131,6 +131,8 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
     rid = _run_id(run_id)
     with _client() as client:
         state = _read_run(client, rid).state
+        if _pause_expired(state):
+            raise ReviewError(f"run {rid}: the review of {key} timed out; nothing was merged")
         if state is None or state.type != StateType.PAUSED:
             raise ReviewError(
                 f"run {rid} is not waiting for a review (it is {state.name if state else 'new'})"
@@ -142,12 +144,17 @@ def decide(run_id: str | UUID, key: str, decision: dict[str, Any]) -> dict[str, 
             return {"run_id": str(rid), "key": key, "status": "resumed"}
         reason = getattr(res.details, "reason", None) or str(res.status)
         after = client.read_flow_run(rid).state
-        if after is not None and after.type == StateType.FAILED:
+        if _pause_expired(after):
             raise ReviewError(f"run {rid}: the review of {key} timed out; nothing was merged ({reason})")
         if after is None or not after.is_paused() or after.state_details.pause_key != key:
             # another reviewer's decision got there first
             raise ReviewError(f"run {rid} is not waiting for a review of {key} any more (already decided)")
         raise DecisionRefused(f"run {rid}: decision on {key} refused: {' '.join(reason.split())}")
+
+
+def _pause_expired(state) -> bool:
+    """Whether ``state`` is the failure the server gives a suspended run whose review timed out."""
+    return state is not None and state.is_failed() and "never resumed" in (state.message or "")
 
 
 def _run_summary(r, flow: str | None) -> dict[str, Any]:
