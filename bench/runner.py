@@ -55,6 +55,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "assets": ("generation.assets", "Assets for new objects and their placement"),
     "people": ("generation.human.fit", "People in the new photos"),
     "merge": ("reconstruction.merge", "Merge approved changes into a new scene version"),
+    "update": ("generation.assets", "The whole update, auto-approved: register → detect → assets → merge"),
 }
 BASELINES = ("full-rebuild",)
 BOOTSTRAP_POSES = ("known", "sfm")
@@ -194,11 +195,15 @@ def _bootstrap_report(scene: Scene) -> dict[str, Any]:
 
 
 def run_benchmark(world: Path, preset_name: str = "default", baseline: str | None = None,
-                  iterations: int | None = None, poses: str = "known") -> dict[str, Any]:  # fmt: skip
+                  iterations: int | None = None, poses: str = "known",
+                  stages: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     world = Path(world)
     gt = load_world(world)
     if baseline is not None and baseline not in BASELINES:
         raise IDUError(f"--baseline {baseline}: expected one of {', '.join(BASELINES)}")
+    unknown = sorted(set(stages or ()) - set(STAGES))
+    if unknown:
+        raise IDUError(f"--stages {','.join(unknown)}: expected some of {', '.join(STAGES)}")
     overrides = {"iterations": iterations} if iterations else {}
     config = BootstrapConfig(sfm=dataclasses.replace(BENCH_SFM), train=preset(preset_name, **overrides),
                              progress=False)  # fmt: skip
@@ -219,11 +224,14 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     boot["wall_seconds_this_run"] = time.perf_counter() - t0
     boot["unchanged_scene_on_heldout_after"] = evaluate_on_after(scene, world, gt, heldout)["mean"]
     report["stages"]["bootstrap"] = boot
-    hooks = {"register": bench_register, "detect": bench_detect,
-             "merge": lambda s, w, g: bench_merge(s, w, g, update_names, heldout)}  # fmt: skip
+    hooks = {"register": bench_register, "detect": bench_detect, "assets": bench_assets_stage,
+             "merge": lambda s, w, g: bench_merge(s, w, g, update_names, heldout),
+             "update": lambda s, w, g: bench_update(s, w, g, update_names, heldout)}  # fmt: skip
     for stage, (module, title) in STAGES.items():
         if importlib.util.find_spec(module) is None:
             report["stages"][stage] = {"status": "missing", "module": module, "issue": title}
+        elif stages is not None and stage not in stages:
+            report["stages"][stage] = {"status": "not run", "module": module, "issue": title}
         elif stage in hooks:
             res = hooks[stage](scene, world, gt)
             report["stages"][stage] = {"status": "ok", "module": module, "issue": title, **res}
@@ -306,6 +314,26 @@ def bench_detect(scene: Scene, world: Path, gt: dict[str, Any], reg: dict[str, A
     return {"photos": len(doc["photos"]), "seconds": seconds, **res}
 
 
+def bench_assets_stage(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
+    """Assets of the added objects from oracle inputs (true masks, box and hull; bench/bench_assets.py)."""
+    from bench.bench_assets import assets_on_scene
+
+    rep = assets_on_scene(scene, world, gt, "oracle")
+    ok = [e["multiview"] for e in rep["objects"].values() if e.get("status") == "ok"]
+
+    def mean(side: str | None, key: str) -> float | None:
+        vals = [(e[side] if side else e)[key] for e in ok]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"inputs": "oracle", "objects": {k: e.get("status") for k, e in rep["objects"].items()},
+            "silhouette_iou_update": mean("update", "silhouette_iou"),
+            "silhouette_iou_heldout": mean("heldout", "silhouette_iou"),
+            "psnr_mask_heldout": mean("heldout", "psnr_mask"),
+            "psnr_mask_heldout_scene": mean("heldout", "psnr_mask_scene"),
+            "seconds_per_object": mean(None, "seconds"), "report": rep}  # fmt: skip
+
+
 def bench_merge(
     scene: Scene, world: Path, gt: dict[str, Any], update: list[str], heldout: list[str]
 ) -> dict[str, Any]:
@@ -337,6 +365,67 @@ def bench_merge(
     return {"decisions": "oracle removals (true boxes)", "merged": out["diff"], "seconds": out["seconds"],
             "model": {k: v for k, v in out["model"].items() if k != "skipped_names"},
             "heldout_after": after}  # fmt: skip
+
+
+def bench_update(scene: Scene, world: Path, gt: dict[str, Any], update: list[str], heldout: list[str],
+                 poses: str = "registered") -> dict[str, Any]:  # fmt: skip
+    """The update pipeline end to end on the update after-photos, every change approved as proposed:
+    register (``poses="true"``: the true poses instead) → detect → an asset per added object → merge; each
+    step timed, the merged version judged on the held-out after-views (inside / outside the changes)."""
+    import tempfile
+
+    from generation.assets import AssetConfig, asset_for_candidate
+    from reconstruction.changes import detect_changes
+    from reconstruction.merge import merge
+    from reconstruction.registration import register_photos
+
+    views = {im["name"]: im for im in gt["after"]["images"]}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photos = tmp / "update"
+        photos.mkdir()
+        for n in update:
+            shutil.copyfile(world / views[n]["path"], photos / n)
+        copy = SceneStore(tmp / "store").scene("updated")
+        shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".work", ".lock"))
+        version = copy.version()
+        t0 = time.perf_counter()
+        reg = register_photos(version, photos) if poses == "registered" else true_registration(gt, update)
+        seconds["register"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        det = detect_changes(version, photos, tmp / "detect", reg)
+        seconds["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        splats = version.load_splats()
+        decisions, assets = [], {}
+        for c in det["candidates"]:
+            d: dict[str, Any] = {"change_id": c["id"], "action": "approve", "kind": c["kind"]}
+            if c["kind"] == "added":
+                doc = asset_for_candidate(tmp / "detect", c, reg, photos, tmp / "assets", splats,
+                                          AssetConfig(previews=False))  # fmt: skip
+                assets[c["id"]] = {"backend": doc["backend"], "num_gaussians": doc["num_gaussians"],
+                                   "silhouette_iou": doc["metrics"]["silhouette_iou"],
+                                   "psnr_mask": doc["metrics"]["psnr_mask"],
+                                   "seconds": (doc.get("optimisation") or {}).get("seconds")}  # fmt: skip
+                d |= {"asset": str(tmp / "assets" / doc["asset"]), "transform": doc["transform"]}
+            else:
+                d["gaussian_ids"] = str(tmp / "detect" / c["gaussian_ids"])
+            if c["kind"] == "moved":
+                shift = np.subtract(c["box"]["center"], c["box_before"]["center"])
+                d["transform"] = {"rotation_wxyz": [1.0, 0.0, 0.0, 0.0], "translation": shift.tolist()}
+            decisions.append(d)
+        seconds["assets"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        doc = {"base_version": copy.current_version(), "photos": {"registration": reg, "images": str(photos)},
+               "decisions": decisions}  # fmt: skip
+        out = merge(copy, doc, tmp)
+        seconds["merge"] = time.perf_counter() - t0
+        after = evaluate_on_after(copy, world, gt, heldout)["mean"]
+    seconds["total"] = sum(seconds.values())
+    return {"poses": poses, "registered": sum(r["status"] == "registered" for r in reg["images"]),
+            "photos": len(update), "candidates": {c["id"]: c["kind"] for c in det["candidates"]},
+            "assets": assets, "merged": out["diff"], "seconds": seconds, "heldout_after": after}  # fmt: skip
 
 
 def full_rebuild(world: Path, gt: dict[str, Any], config: BootstrapConfig, update_names: list[str],
@@ -395,6 +484,19 @@ def format_table(report: dict[str, Any]) -> str:
         elif stage == "merge" and r["status"] == "ok":
             fig = (f"{r['decisions']}, {_num(r['seconds'], '.1f')} s; held-out after-views: "
                    + _quality(r.get("heldout_after", {})))  # fmt: skip
+        elif stage == "assets" and r["status"] == "ok":
+            fig = (f"oracle inputs: silhouette IoU {_num(r['silhouette_iou_update'], '.3f')} on the update "
+                   "photos, "
+                   f"{_num(r['silhouette_iou_heldout'], '.3f')} held out; PSNR in the held-out masks "
+                   f"{_num(r['psnr_mask_heldout'])} dB (scene alone {_num(r['psnr_mask_heldout_scene'])}); "
+                   f"{_num(r['seconds_per_object'], '.1f')} s per object")  # fmt: skip
+        elif stage == "update" and r["status"] == "ok":
+            sec = r["seconds"]
+            fig = (f"{r['registered']}/{r['photos']} registered, {len(r['candidates'])} changes merged; "
+                   f"{_num(sec['total'], '.0f')} s (register {_num(sec['register'], '.0f')}, detect "
+                   f"{_num(sec['detect'], '.0f')}, assets {_num(sec['assets'], '.0f')}, merge "
+                   f"{_num(sec['merge'], '.0f')}); held-out after-views: "
+                   + _quality(r["heldout_after"]))  # fmt: skip
         else:
             fig = r.get("issue", "")
         rows.append((stage, r["status"], fig))

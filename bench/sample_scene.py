@@ -98,13 +98,7 @@ def sample_splats(seed: int = 0, density: float = 1.0) -> Splats:
 
 def look_at(center: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> Pose:
     """cam_from_world of an OpenCV camera at ``center`` looking at ``target`` (image y towards -up)."""
-    f = np.asarray(target, float) - np.asarray(center, float)
-    f /= np.linalg.norm(f)
-    r = np.cross(f, up)
-    r /= np.linalg.norm(r)
-    dn = np.cross(f, r)
-    R = np.stack([r, dn, f])  # rows: camera axes in world coordinates
-    return Pose.from_matrix(np.block([[R, (-R @ np.asarray(center, float))[:, None]], [np.zeros((1, 3)), 1]]))
+    return Pose.look_at(center, target, up)
 
 
 def orbit_poses(

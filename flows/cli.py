@@ -477,6 +477,70 @@ def detect(
         _emit(doc)
 
 
+@app.command("assets")
+@command
+def assets(
+    ref: SceneRef,
+    detect_dir: Annotated[Path, typer.Option("--detect", help="An `idu detect` output folder.")],
+    images: Annotated[Path, typer.Option(help="The folder of the photos it compared.")],
+    out: Annotated[Path, typer.Option(help="Output folder: <id>.ply, <id>.json, <id>_previews/.")],
+    registration: Annotated[
+        Path | None,
+        typer.Option(help="`idu register --json` document (default: the detect folder's registration.json)."),
+    ] = None,
+    version: VersionOpt = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these candidate ids (repeatable; default: every added one)."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="multiview (offline, default) | hull | triplane | triposr | trellis.")
+    ] = "multiview",
+    single_view_backend: Annotated[
+        str | None, typer.Option(help="Image-to-3D generator for objects seen in fewer than 2 photos.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Generator weights: registered name or folder.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps of the multiview backend.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed (another seed, another asset).")] = 0,
+    json_out: JsonFlag = False,
+):
+    """Build an asset (Gaussians + placement, metrics, previews) for each added object a detection found
+    (the store is not changed)."""
+    from generation.assets import AssetConfig, asset_for_candidate
+    from generation.multiview import MultiViewConfig
+    from reconstruction.errors import IDUError
+
+    scene = _scene(ref)
+    cands_path = detect_dir / "candidates.json"
+    reg_path = registration or detect_dir / "registration.json"
+    docs = {}
+    for path, what in ((cands_path, "candidates.json"), (reg_path, "registration")):
+        try:
+            docs[what] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise IDUError(f"{path}: cannot read the {what} ({e})") from None
+    wanted = [c for c in docs["candidates.json"].get("candidates", []) if c.get("kind") == "added"
+              and (not candidate or c["id"] in candidate)]  # fmt: skip
+    missing = sorted(set(candidate or ()) - {c["id"] for c in wanted})
+    if missing:
+        raise IDUError(f"{cands_path}: no added candidate {', '.join(missing)}")
+    config = AssetConfig(backend=backend, single_view_backend=single_view_backend, model=model, seed=seed,
+                         multiview=MultiViewConfig(steps=steps, seed=seed))  # fmt: skip
+    splats = scene.version(version).load_splats()
+    results = []
+    for c in wanted:
+        doc = asset_for_candidate(detect_dir, c, docs["registration"], images, out, splats, config)
+        m = doc["metrics"]
+        typer.echo(f"{c['id']}: {doc['backend']} asset of {doc['num_gaussians']} Gaussians, silhouette IoU "
+                   f"{m['silhouette_iou']:.3f}, PSNR in the masks {m['psnr_mask']:.2f} dB -> {out}",
+                   err=True)  # fmt: skip
+        results.append(doc)
+    if not wanted:
+        typer.echo("no added objects to build assets for", err=True)
+    if json_out:
+        _emit({"scene": scene.ref, "assets": results})
+
+
 def _store_of(ref: str) -> Path:
     from reconstruction.store import parse_scene_ref
 
@@ -849,13 +913,18 @@ def bench_run(
         str,
         typer.Option(help="known: triangulate with the ground-truth before-cameras; sfm: SfM, then align."),
     ] = "known",
+    stages: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated stages to run (default: all); the others say 'not run'."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
     json_out: JsonFlag = False,
 ):
     """Judge every stage on a benchmark world (bootstrap cached per world); missing stages are listed."""
     from bench.runner import format_table, run_benchmark
 
-    report = run_benchmark(world, preset, baseline, iterations, bootstrap_poses)
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    report = run_benchmark(world, preset, baseline, iterations, bootstrap_poses, chosen)
     typer.echo(format_table(report), err=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,21 @@ class DetectOptions(BaseModel):
     k_mad: float = Field(5.0, gt=0, description="Changed-pixel threshold in robust standard deviations.")
 
 
+class AssetOptions(BaseModel):
+    """How added objects get their assets (generation.assets.AssetConfig)."""
+
+    backend: Literal["multiview", "hull", "triplane", "triposr", "trellis"] = Field(
+        "multiview",
+        description="multiview (offline default: optimised against the photos), hull (no optimisation), "
+        "or an image-to-3D generator (needs its weights).",
+    )
+    single_view_backend: Literal["triplane", "triposr", "trellis"] | None = Field(
+        None, description="Image-to-3D generator for objects seen in fewer than 2 photos."
+    )
+    model: str | None = Field(None, description="Generator weights: registered name or local folder.")
+    steps: int = Field(100, ge=0, description="Optimisation steps of the multiview backend.")
+
+
 class UpdateOptions(BaseModel):
     """How an update runs (the CLI and the deployment share this model; Prefect renders it as a form)."""
 
@@ -67,6 +82,7 @@ class UpdateOptions(BaseModel):
         7 * 24.0, gt=0, description="How long a change waits for its review; then nothing is merged."
     )
     detect: DetectOptions = Field(default_factory=DetectOptions)
+    assets: AssetOptions = Field(default_factory=AssetOptions)
     max_redetects: int = Field(3, ge=0, description="Re-detections when other updates land meanwhile.")
     classifier: str | None = Field(
         None,
@@ -253,7 +269,7 @@ def review_change(
             }
         if d.action == "regenerate" and c["kind"] == "added":
             seed += 1
-            asset = make_asset(scene, base, batch, detection, c, reg, seed=seed)
+            asset = make_asset(scene, base, batch, detection, c, reg, options.assets.model_dump(), seed=seed)
             placement = dict(asset["transform"])
         if d.action == "relabel" and label == "person":
             logger.info(
@@ -469,7 +485,7 @@ def update_scene(scene: str, images: str, options: UpdateOptions | None = None) 
                 c["label"] = labels[c["id"]]["label"]
                 c["label_scores"] = labels[c["id"]]["scores"]
         assets = {
-            c["id"]: make_asset(scene, base, batch, detection, c, reg)
+            c["id"]: make_asset(scene, base, batch, detection, c, reg, options.assets.model_dump())
             for c in detection["candidates"]
             if c["kind"] == "added"
         }

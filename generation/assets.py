@@ -1,23 +1,34 @@
 """Assets for added objects: Gaussians in the object's own frame plus the transform that places them.
 
-The default backend (``hull``) needs no model: it turns a candidate's supporting points (the visual hull
-that change detection carved from the new photos, ``support/<id>_points.npy``) into Gaussians and colours
-each from the photos that see it (a per-photo z-buffer over the points decides who sees what; the colour
-is the median over those photos; points no photo sees take their nearest coloured neighbour's colour).
-It is the starting point the multi-view optimisation refines (issue "assets": optimise against the
-photos inside the masks with the scene frozen).
+    doc = asset_for_candidate(detect_dir, candidate, registration, photos, out, scene_splats, AssetConfig())
 
-    asset, placement = hull_asset(points, views)        # views: [(rgb, camera, pose, mask)]
-    write_asset(out_dir, "c1", asset, placement)         # c1.ply + c1.json (the merge's "asset"/"transform")
+Backends (:class:`AssetConfig`), one entry point for all (:func:`build_asset`):
 
-The asset's frame: the box centre is the origin, axes are the scene's; ``placement`` maps it back
-(``x -> scale R x + translation``), which is what a reviewer adjusts.
+- ``multiview`` (default, offline): generation/multiview.py — the hull below, optimised against the new
+  photos inside the candidate's masks with the scene frozen around it (occlusions right), silhouette loss,
+  densify and prune, kept inside the box.
+- ``hull``: the candidate's supporting points (the visual hull change detection carved,
+  ``support/<id>_points.npy``), surface only, as Gaussians coloured from the photos that see them (a
+  per-photo z-buffer over the points decides who sees what; the colour is the median over those photos;
+  points no photo sees take their nearest coloured neighbour's colour). No optimisation.
+- an image-to-3D generator (generation/image_to_3d.py: ``triplane``, ``triposr``, ``trellis``) for objects
+  seen in one or two photos: the best crop becomes a mesh, the mesh Gaussians (generation/surface.py),
+  and generation/placement.py fits its scale, turn and position to the masks, upright, resting on the
+  ground.
+
+Outputs per candidate: ``<cid>.ply`` (the asset, INRIA PLY, in its own frame), ``<cid>.json`` (the
+transform into the scene, the backend's report, silhouette IoU and PSNR inside the mask per photo) and
+``<cid>_previews/`` (the asset alone from 4 sides; composited into each photo) for the review UI.
+
+The asset's frame: for the multi-view backends the box centre is the origin and the axes are the scene's;
+``placement`` maps it back (``x -> scale R x + translation``), which is what a reviewer adjusts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +81,21 @@ def _spacing(X: np.ndarray) -> float:
     return float(np.median(d)) if len(d) else 0.05
 
 
+def hull_surface(X: np.ndarray, spacing: float) -> np.ndarray:
+    """Indices of the points [N, 3] of a carved hull that lie on its surface: on a grid of ``spacing``, the
+    occupied cells with an empty cell among their 6 neighbours (the inside is never seen)."""
+    ijk = np.floor((X - X.min(0)) / spacing + 0.5).astype(np.int64) + 1
+    grid = np.zeros(ijk.max(0) + 2, bool)
+    grid[tuple(ijk.T)] = True
+    inner = np.ones(len(X), bool)
+    for axis in range(3):
+        for d in (-1, 1):
+            nb = ijk.copy()
+            nb[:, axis] += d
+            inner &= grid[tuple(nb.T)]
+    return np.flatnonzero(~inner)
+
+
 def _colours(X: np.ndarray, views: list[View], spacing: float) -> tuple[np.ndarray, np.ndarray]:
     """Median colour [N, 3] in [0, 1] over the photos that see each point (inside the mask, in front of
     the other points there), and how many photos saw it [N]."""
@@ -117,6 +143,7 @@ def hull_asset(
     if not np.isfinite(X).all():
         raise AssetError(f"{name}: supporting points hold NaN or Inf")
     rng = np.random.default_rng(config.seed)
+    X = X[hull_surface(X, _spacing(X))]
     if len(X) > config.max_points:
         X = X[np.sort(rng.choice(len(X), config.max_points, replace=False))]
     spacing = _spacing(X)
@@ -170,13 +197,174 @@ def write_asset(
     return doc
 
 
+@dataclass
+class AssetConfig:
+    """How :func:`asset_for_candidate` builds an added object's asset."""
+
+    backend: str = "multiview"
+    """``multiview`` (default, offline: the hull optimised against the photos with the scene frozen,
+    generation/multiview.py), ``hull`` (the hull coloured from the photos, no optimisation), or an
+    image-to-3D generator of generation.image_to_3d.GENERATORS (``triplane``, ``triposr``, ``trellis``)
+    whose mesh is placed by its silhouettes (generation/placement.py)."""
+    single_view_backend: str | None = None
+    """An image-to-3D generator for candidates seen in fewer than ``min_views`` photos (None: the
+    ``backend`` above does what it can from one photo)."""
+    min_views: int = 2
+    """Photos a candidate needs for the multi-view backends when ``single_view_backend`` is set."""
+    model: str | None = None
+    """Weights of the image-to-3D generator: a registered name or a folder (None: its default)."""
+    gaussians: int = 20000
+    """Gaussians sampled on a generated mesh."""
+    multiview: Any = None
+    """generation.multiview.MultiViewConfig of the multiview backend (None: its defaults, this seed)."""
+    previews: bool = True
+    """Write preview renders: the asset alone from 4 sides, and composited into each photo."""
+    seed: int = 0
+    """Seed of every random choice (``regenerate`` asks for another)."""
+
+
+def _up(box: dict[str, Any]) -> np.ndarray:
+    """The scene's up: change detection's boxes stand upright (their z axis is the cameras' up)."""
+    from reconstruction.cameras import quat_to_matrix
+
+    return quat_to_matrix(np.asarray(box.get("rotation_wxyz", [1, 0, 0, 0]), np.float64))[:, 2]
+
+
+def best_crop(views: list[View]) -> tuple[np.ndarray, str]:
+    """The RGBA crop [h, w, 4] (mask in alpha) of the photo where the object shows largest, and its name."""
+    v = max(views, key=lambda v: int((np.asarray(v.mask) > 0).sum()))
+    m = np.asarray(v.mask) > 0
+    ys, xs = np.nonzero(m)
+    pad = max(4, int(0.1 * max(np.ptp(ys), np.ptp(xs))))
+    y0, y1 = max(0, ys.min() - pad), min(m.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(m.shape[1], xs.max() + pad + 1)
+    rgba = np.concatenate([v.rgb[y0:y1, x0:x1, :3], (m[y0:y1, x0:x1] * 255).astype(np.uint8)[..., None]], -1)
+    return rgba, v.name
+
+
+def write_previews(out: Path, cid: str, asset: Splats, placement: dict[str, Any], windows, up: np.ndarray
+                   ) -> dict[str, Any]:  # fmt: skip
+    """``out/<cid>_previews/sides.jpg`` (the asset alone from 4 sides, turned about ``up``) and
+    ``<photo>.jpg`` (the asset composited into each photo, the scene's occluders in front of it)."""
+    import torch
+    from PIL import Image
+
+    from reconstruction.render import render
+    from reconstruction.splat_ops import transform
+
+    from .multiview import composite
+
+    folder = out / f"{cid}_previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    placed = transform(asset, placement["rotation_wxyz"], placement["translation"], placement["scale"])
+    X = np.asarray(placed.means, np.float64)
+    centre = 0.5 * (X.min(0) + X.max(0))
+    radius = 0.5 * float(np.linalg.norm(np.ptp(X, 0))) or 1.0
+    side, fov = 192, math.radians(40)
+    f = 0.5 * side / math.tan(fov / 2)
+    cam = Camera.pinhole(f, f, side / 2, side / 2, side, side)
+    up = up / np.linalg.norm(up)
+    a = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    dist = 1.15 * radius / math.sin(fov / 2)
+    tiles = []
+    t = placed.to_torch()
+    for k in range(4):
+        ang = k * math.pi / 2
+        d = (
+            math.cos(math.radians(20)) * (math.cos(ang) * a + math.sin(ang) * b)
+            + math.sin(math.radians(20)) * up
+        )
+        with torch.no_grad():
+            img = render(t, cam, Pose.look_at(centre + dist * d, centre, up), background=(0.5, 0.5, 0.5)).rgb
+        tiles.append((img.clamp(0, 1).numpy() * 255).astype(np.uint8))
+    Image.fromarray(np.concatenate(tiles, 1)).save(folder / "sides.jpg", quality=90)
+    files = {"sides": f"{cid}_previews/sides.jpg", "photos": {}}
+    for w in windows:
+        with torch.no_grad():
+            _, cover = composite(w, t)
+            alone = render(t, w.camera, w.pose, backend="torch")
+        colour = alone.rgb / alone.alpha.clamp_min(1e-3)[..., None]
+        x0, y0 = w.offset
+        photo = w.photo.clone()
+        h, wd = cover.shape
+        win = photo[y0 : y0 + h, x0 : x0 + wd]
+        photo[y0 : y0 + h, x0 : x0 + wd] = (
+            win * (1 - cover[..., None]) + colour.clamp(0, 1) * cover[..., None]
+        )
+        name = f"{Path(w.name).stem}.jpg"
+        Image.fromarray((photo.numpy() * 255).astype(np.uint8)).save(folder / name, quality=90)
+        files["photos"][w.name] = f"{cid}_previews/{name}"
+    return files
+
+
+def _window_metrics(windows, asset: Splats, placement: dict[str, Any]) -> dict[str, Any]:
+    from reconstruction.splat_ops import transform
+
+    from .multiview import window_metrics
+
+    placed = transform(asset, placement["rotation_wxyz"], placement["translation"], placement["scale"])
+    per = {w.name: window_metrics(w, placed.to_torch()) for w in windows}
+    keys = ("silhouette_iou", "psnr_mask")
+    return {"views": per, **{k: float(np.mean([m[k] for m in per.values()])) for k in keys}}
+
+
+def build_asset(
+    scene: Splats,
+    candidate: dict[str, Any],
+    views: list[View],
+    points: np.ndarray,
+    config: AssetConfig | None = None,
+) -> tuple[Splats, dict[str, Any], dict[str, Any], list]:
+    """An added candidate's asset with the configured backend (see :class:`AssetConfig`).
+
+    Returns:
+        (asset in its own frame, placement into the scene, the backend's report, the photo windows).
+    """
+    from .image_to_3d import GENERATORS, generate
+    from .multiview import MultiViewConfig, multiview_asset, prepare_windows
+    from .placement import place_asset
+    from .surface import mesh_to_splats
+
+    config = config or AssetConfig()
+    cid, box = candidate["id"], candidate["box"]
+    backend = config.backend
+    if (
+        config.single_view_backend
+        and sum(int((np.asarray(v.mask) > 0).any()) for v in views) < config.min_views
+    ):
+        backend = config.single_view_backend
+    known = ("multiview", "hull", *GENERATORS)
+    if backend not in known:
+        raise AssetError(f"{cid}: unknown asset backend {backend!r} (expected one of {', '.join(known)})")
+    mv = config.multiview or MultiViewConfig(seed=config.seed)
+    report: dict[str, Any] = {"backend": backend, "seed": config.seed}
+    if backend == "multiview":
+        asset, placement, stats = multiview_asset(scene, points, box, views, mv, name=cid)
+        report["optimisation"] = {k: v for k, v in stats.items() if k not in ("before", "after")}
+        report["before_optimisation"] = stats["before"]["mean"]
+        return asset, placement, report, prepare_windows(scene, views, mv, box)
+    if backend == "hull":
+        asset, placement = hull_asset(points, views, HullConfig(seed=config.seed), name=cid)
+        return asset, placement, report, prepare_windows(scene, views, mv, box)
+    rgba, photo = best_crop(views)
+    mesh = generate(backend, rgba, model=config.model, seed=config.seed)
+    asset = mesh_to_splats(mesh, num=config.gaussians, seed=config.seed)
+    windows = prepare_windows(scene, views, mv, box)
+    placement, residuals = place_asset(asset, box, windows, _up(box), scene, name=cid)
+    report |= {"model": config.model, "crop_from": photo, "placement_residuals": residuals}
+    return asset, placement, report, windows
+
+
 def asset_for_candidate(
     detect_dir: str | Path,
     candidate: dict[str, Any],
     registration: dict[str, Any],
     images: str | Path,
     out: str | Path,
-    config: HullConfig | None = None,
+    scene: Splats,
+    config: AssetConfig | None = None,
 ) -> dict[str, Any]:
     """The asset of one *added* candidate of an ``idu detect`` output folder, written to ``out``.
 
@@ -185,12 +373,16 @@ def asset_for_candidate(
         candidate: its entry in ``candidates.json``.
         registration: the ``idu register --json`` document of the photos.
         images: the photo folder.
+        scene: the scene version's Gaussians (frozen: they occlude the object and show behind it).
     Returns:
-        ``write_asset``'s document (paths relative to ``out``).
+        ``write_asset``'s document (paths relative to ``out``): ``asset``, ``transform``, ``backend``,
+        ``metrics`` (silhouette IoU and PSNR inside the mask per photo and mean), ``previews`` and the
+        backend's report.
     """
     from reconstruction.registration import RegistrationConfig, load_rgb
 
-    detect_dir, images = Path(detect_dir), Path(images)
+    config = config or AssetConfig()
+    detect_dir, images, out = Path(detect_dir), Path(images), Path(out)
     cid = candidate["id"]
     if candidate.get("kind") != "added":
         raise AssetError(f"{cid}: only added objects get an asset (this one is {candidate.get('kind')})")
@@ -211,14 +403,18 @@ def asset_for_candidate(
         points = np.load(detect_dir / candidate["points"])
     except (OSError, KeyError, ValueError) as e:
         raise AssetError(f"{cid}: cannot read its supporting points ({e})") from None
-    asset, placement = hull_asset(points, views, config, name=cid)
-    return write_asset(
-        out,
-        cid,
-        asset,
-        placement,
-        {"backend": "hull", "views": [v.name for v in views], "seed": (config or HullConfig()).seed},
-    )
+    asset, placement, report, windows = build_asset(scene, candidate, views, points, config)
+    extra = {
+        **report,
+        "views": [v.name for v in views],
+        "metrics": _window_metrics(windows, asset, placement),
+    }
+    if config.previews and windows:
+        extra["previews"] = write_previews(out, cid, asset, placement, windows, _up(candidate["box"]))
+    return write_asset(out, cid, asset, placement, extra)
 
 
-__all__ = ["AssetError", "HullConfig", "View", "asset_for_candidate", "hull_asset", "write_asset"]
+__all__ = [
+    "AssetConfig", "AssetError", "HullConfig", "View", "asset_for_candidate", "best_crop", "build_asset",
+    "hull_asset", "hull_surface", "write_asset", "write_previews",
+]  # fmt: skip

@@ -141,6 +141,20 @@ class Pose:
         return cls(np.array([1.0, 0, 0, 0]), np.zeros(3))
 
     @classmethod
+    def look_at(cls, center: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> Pose:
+        """cam_from_world of an OpenCV camera at ``center`` [3] looking at ``target`` [3], image y towards
+        ``-up``."""
+        f = np.asarray(target, float) - np.asarray(center, float)
+        f /= np.linalg.norm(f)
+        r = np.cross(f, np.asarray(up, float))
+        r /= np.linalg.norm(r)
+        dn = np.cross(f, r)
+        R = np.stack([r, dn, f])  # rows: camera axes in world coordinates
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = R, -R @ np.asarray(center, float)
+        return cls.from_matrix(m)
+
+    @classmethod
     def from_pycolmap(cls, rigid: pycolmap.Rigid3d) -> Pose:
         x, y, z, w = np.asarray(rigid.rotation.quat, dtype=np.float64)
         return cls(np.array([w, x, y, z]), np.asarray(rigid.translation, dtype=np.float64))

@@ -896,7 +896,7 @@ def detect_changes(
             them first.
     Returns:
         ``{"scene", "version", "candidates": [...], "photos": {name: status}, "seconds"}``; the same document
-        is written to ``out/candidates.json``.
+        is written to ``out/candidates.json``, the registration it used to ``out/registration.json``.
     """
     from .registration import RegistrationConfig, load_rgb, register_photos
 
@@ -943,6 +943,7 @@ def detect_changes(
     doc = {"scene": version.scene.ref, "version": version.number, **doc, "photos": photos,
            "config": asdict(config), "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     (Path(out) / "candidates.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (Path(out) / "registration.json").write_text(json.dumps(reg, indent=1) + "\n")  # what the assets use
     return doc
 
 

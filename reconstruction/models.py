@@ -1,9 +1,12 @@
 """Pretrained models from a hub, behind one registry; nothing is ever downloaded implicitly.
 
-Every optional learned component (DINOv2 for retrieval and change features, later keypoint detectors and
-image-to-3D models) is named in :data:`MODELS` with its hub id and licence. :func:`resolve` finds its
+Every optional learned component (DINOv2 for retrieval and change features, image-to-3D models, later
+keypoint detectors) is named in :data:`MODELS` with its hub id and licence. :func:`resolve` finds its
 weights offline: a local folder given directly, ``$IDU_MODEL_DIR/<name>``, or the Hugging Face cache;
 otherwise it fails with one line saying where to put them. The default pipeline needs none of these.
+A model folder is recognised by its config file: ``config.json`` (transformers, IDU's own formats), or
+the file its kind uses instead (:data:`CONFIG_FILES`: TripoSR's ``config.yaml``, TRELLIS's
+``pipeline.json``).
 
 Example::
 
@@ -33,7 +36,7 @@ class ModelNotAvailable(IDUError):
 @dataclass(frozen=True)
 class ModelSpec:
     hub_id: str
-    kind: str  # dinov2 | ...
+    kind: str  # dinov2 | clip | triposr | trellis | triplane (IDU's own image-to-3D format)
     licence: str
 
 
@@ -43,15 +46,31 @@ MODELS: dict[str, ModelSpec] = {
     "dinov2-base": ModelSpec("facebook/dinov2-base", "dinov2", "Apache-2.0"),
     "dinov2-large": ModelSpec("facebook/dinov2-large", "dinov2", "Apache-2.0"),
     "clip-vit-b32": ModelSpec("openai/clip-vit-base-patch32", "clip", "MIT"),
+    # Image-to-3D (generation/image_to_3d.py). Not Stable Fast 3D / SV3D: their community licences
+    # restrict use.
+    "triposr": ModelSpec("stabilityai/TripoSR", "triposr", "MIT"),
+    "trellis-image-large": ModelSpec("microsoft/TRELLIS-image-large", "trellis", "MIT"),
 }
 
+#: kind -> the file that marks a model folder of that kind (every other kind: ``config.json``).
+CONFIG_FILES: dict[str, str] = {"triposr": "config.yaml", "trellis": "pipeline.json"}
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """The local folder holding a model's ``config.json`` and weights (see the module docstring)."""
+
+def config_file(kind: str | None) -> str:
+    """The file that marks a model folder of ``kind`` (``config.json`` unless :data:`CONFIG_FILES` says)."""
+    return CONFIG_FILES.get(kind or "", "config.json")
+
+
+def resolve(name_or_path: str | os.PathLike, kind: str | None = None) -> Path:
+    """The local folder holding a model's config file and weights (see the module docstring).
+
+    ``kind`` (a :class:`ModelSpec` kind) says which config file a folder must hold; None accepts any known
+    one for a folder and the registered kind for a name."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelNotAvailable(f"{p}: not a model folder (no config.json)")
+        marks = [config_file(kind)] if kind else ["config.json", *sorted(set(CONFIG_FILES.values()))]
+        if not any((p / m).is_file() for m in marks):
+            raise ModelNotAvailable(f"{p}: not a model folder (no {' or '.join(marks)})")
         return p
     name = str(name_or_path)
     spec = MODELS.get(name)
@@ -60,7 +79,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
             f"model {name!r}: neither a folder nor a registered name ({', '.join(sorted(MODELS))})"
         )
     root = os.environ.get(MODEL_DIR_ENV)
-    if root and (Path(root) / name / "config.json").is_file():
+    if root and (Path(root) / name / config_file(kind or spec.kind)).is_file():
         return Path(root) / name
     try:
         from huggingface_hub import snapshot_download
@@ -128,6 +147,6 @@ def global_descriptors(model, images: list[np.ndarray], side: int = 224) -> np.n
 
 
 __all__ = [
-    "MODELS", "MODEL_DIR_ENV", "ModelNotAvailable", "ModelSpec", "global_descriptors", "load_dinov2",
-    "resolve",
+    "CONFIG_FILES", "MODELS", "MODEL_DIR_ENV", "ModelNotAvailable", "ModelSpec", "config_file",
+    "global_descriptors", "load_dinov2", "resolve",
 ]  # fmt: skip

@@ -433,7 +433,7 @@ def init_splats(
 
 
 # -- optimisation state ------------------------------------------------------------------------------
-class _Gaussians:
+class GaussianParams:
     """Parameters as leaf tensors, one Adam each (as gsplat), with the edits densification needs."""
 
     def __init__(self, splats: Splats, config: TrainConfig, extent: float, device: torch.device):
@@ -661,7 +661,7 @@ def train_splats(
                 [init.shN, np.zeros((len(init), k - init.shN.shape[1], 3), np.float32)], 1
             )
         init.shN = init.shN[:, :k]
-    g = _Gaussians(init, config, extent, device)
+    g = GaussianParams(init, config, extent, device)
     n_init = len(g)
     response = None
     if config.appearance:
@@ -719,7 +719,7 @@ def train_splats(
 
             s1 = step + 1
             if refining and s1 > config.refine_start and s1 % config.refine_every == 0:
-                h = _refine(g, grad2d, count, config, extent, s1, gen)
+                h = densify_and_prune(g, grad2d, count, config, extent, s1, gen)
                 history.append(h)
                 grad2d = torch.zeros(len(g), device=device)
                 count = torch.zeros(len(g), device=device)
@@ -775,8 +775,8 @@ def train_splats(
 
 
 @torch.no_grad()
-def _refine(
-    g: _Gaussians, grad2d: Tensor, count: Tensor, config: TrainConfig, extent: float, step: int, gen
+def densify_and_prune(
+    g: GaussianParams, grad2d: Tensor, count: Tensor, config: TrainConfig, extent: float, step: int, gen
 ) -> dict[str, Any]:
     """One round of adaptive density control (gsplat DefaultStrategy: grow, then prune)."""
     n0 = len(g)
@@ -813,6 +813,7 @@ def _refine(
 
 
 __all__ = [
-    "PRESETS", "CameraResponse", "TrainConfig", "View", "colour_correct", "evaluate", "init_splats",
-    "load_views", "preset", "psnr", "sky_splats", "split_views", "ssim", "ssim_map", "train_splats",
+    "PRESETS", "CameraResponse", "GaussianParams", "TrainConfig", "View", "colour_correct",
+    "densify_and_prune", "evaluate", "init_splats", "load_views", "preset", "psnr", "sky_splats",
+    "split_views", "ssim", "ssim_map", "train_splats",
 ]  # fmt: skip

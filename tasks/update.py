@@ -135,15 +135,29 @@ def make_asset(
     detection: dict[str, Any],
     candidate: dict[str, Any],
     registration: dict[str, Any],
+    options: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Gaussians for an added object (generation.assets); ``seed`` > 0 when a reviewer asked to regenerate."""
-    from generation.assets import HullConfig, asset_for_candidate
+    """Gaussians for an added object (generation.assets); ``seed`` > 0 when a reviewer asked to regenerate;
+    ``options``: the flow's AssetOptions."""
+    from generation.assets import AssetConfig, asset_for_candidate
+    from generation.multiview import MultiViewConfig
 
-    out = work_folder(scene, batch["hash"]) / f"v{version}" / "assets" / f"seed{seed}"
+    opts = dict(options or {})
+    steps = opts.pop("steps", None)
+    config = AssetConfig(**opts, seed=seed)
+    if steps is not None:
+        config.multiview = MultiViewConfig(steps=steps, seed=seed)
+    out = work_folder(scene, batch["hash"]) / f"v{version}" / "assets" / f"{config.backend}-seed{seed}"
+    splats = scene_of(scene).version(version).load_splats()
     doc = asset_for_candidate(
-        detection["folder"], candidate, registration, batch["photos"], out, HullConfig(seed=seed)
+        detection["folder"], candidate, registration, batch["photos"], out, splats, config
     )
+    m = doc["metrics"]
+    get_run_logger().info(
+        "%s: %s asset, %d Gaussians, silhouette IoU %.3f, PSNR in the masks %.2f dB",
+        candidate["id"], doc["backend"], doc["num_gaussians"], m["silhouette_iou"], m["psnr_mask"],
+    )  # fmt: skip
     doc["path"] = str(out / doc["asset"])
     return doc
 

@@ -40,7 +40,8 @@ def test_fixture_scene_has_the_known_before_cameras(bench_world):
 
 def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     world, scene = bench_world
-    report = run_benchmark(world, "fast")  # the fixture's config: the cached scene is reused
+    # the fixture's config: the cached scene is reused; the asset stages have their own tests
+    report = run_benchmark(world, "fast", stages=["register", "detect", "merge"])
     assert scene.current_version() == 1 and len(scene.versions()) == 1
     boot = report["stages"]["bootstrap"]
     assert boot["status"] == "ok" and boot["scene"] == scene.ref and report["bootstrap_poses"] == "known"
@@ -52,7 +53,8 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert all(0.0 < m[k] < 1.0 for k in ("ssim_all", "ssim_inside", "ssim_outside"))
     for stage, (module, title) in STAGES.items():
         assert report["stages"][stage]["module"] == module and report["stages"][stage]["issue"] == title
-        assert report["stages"][stage]["status"] in ("ok", "missing", "not benchmarked")
+        assert report["stages"][stage]["status"] in ("ok", "missing", "not benchmarked", "not run")
+    assert report["stages"]["assets"]["status"] == report["stages"]["update"]["status"] == "not run"
     # registration is benchmarked: every after-photo judged against its true camera
     reg = report["stages"]["register"]
     assert reg["status"] == "ok" and reg["photos"] == len(update) + len(heldout)
@@ -102,6 +104,8 @@ def test_runner_input_errors(tmp_path, bench_world):
     world, _ = bench_world
     with pytest.raises(IDUError, match="--baseline magic"):
         run_benchmark(world, baseline="magic")
+    with pytest.raises(IDUError, match="--stages magic: expected some of register"):
+        run_benchmark(world, stages=["magic"])
 
 
 def test_cli_bench_run_json(bench_world, tmp_path):

@@ -47,7 +47,7 @@ def pending(idu_services, bench_world, tmp_path_factory):
     out = []
     for name in ("ui-first", "ui-second"):
         sc = copy_scene(scene, idu_services.store, name)
-        opts = UpdateOptions(review_url=idu_services.ui_url).model_dump()
+        opts = UpdateOptions(review_url=idu_services.ui_url, assets={"steps": 40}).model_dump()
         run = runs.start("update-scene", {"scene": sc.ref, "images": str(photos), "options": opts})
         out.append({"run_id": str(run.id), "scene": sc})
     for r in out:

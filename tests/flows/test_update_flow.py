@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def start_update(scene, images, **options):
+    options.setdefault("assets", {"steps": 40})  # orchestration is tested here; asset quality in generation/
     return runs.start("update-scene", {"scene": scene.ref, "images": str(images),
                                        "options": UpdateOptions(**options).model_dump()})  # fmt: skip
 

@@ -15,7 +15,7 @@ from reconstruction.render import render
 from reconstruction.splats import Splats
 from reconstruction.train import (
     PRESETS,
-    _Gaussians,
+    GaussianParams,
     evaluate,
     init_splats,
     load_views,
@@ -93,7 +93,7 @@ def test_densification_edits_keep_optimizer_state_aligned():
     s = Splats.empty(n, sh_degree=1)
     s.means = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
     s.scales[:] = -2.0
-    g = _Gaussians(s, preset("fast"), 1.0, torch.device("cpu"))
+    g = GaussianParams(s, preset("fast"), 1.0, torch.device("cpu"))
     loss = sum(p.sum() for p in g.params.values())
     loss.backward()
     g.step()  # Adam state exists now
