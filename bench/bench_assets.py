@@ -33,7 +33,13 @@ from PIL import Image
 
 from bench.runner import BENCH_SFM, cached_bootstrap, load_world, split_after
 from generation.assets import HullConfig, View, hull_asset
-from generation.multiview import MultiViewConfig, multiview_asset, prepare_windows, window_metrics
+from generation.multiview import (
+    MultiViewConfig,
+    aligned_views,
+    multiview_asset,
+    prepare_windows,
+    window_metrics,
+)
 from reconstruction.bootstrap import BootstrapConfig
 from reconstruction.cameras import Camera, Pose, project_points, quat_to_matrix
 from reconstruction.train import preset
@@ -145,22 +151,35 @@ def _mean(per: dict[str, dict[str, Any]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def run(world: Path, inputs: str = "oracle", steps: int | None = None, preset_name: str = "default"):
-    """The report for ``world`` with its before-scene (bootstrapped with the known cameras, cached)."""
+def run(world: Path, inputs: str = "oracle", steps: int | None = None, preset_name: str = "default",
+        scene_ref: str | None = None, device: str | None = None):  # fmt: skip
+    """The report for ``world`` with its before-scene (bootstrapped with the known cameras and cached, or
+    ``scene_ref``)."""
+    from reconstruction.store import SceneStore
+
     gt = load_world(world)
-    config = BootstrapConfig(sfm=BENCH_SFM, train=preset(preset_name), progress=False)
-    scene = cached_bootstrap(world, gt, world / "before" / "images", config, "before", "known")
-    return assets_on_scene(scene, world, gt, inputs, steps)
+    if scene_ref:
+        scene = SceneStore.from_ref(scene_ref)
+    else:
+        config = BootstrapConfig(sfm=BENCH_SFM, train=preset(preset_name), progress=False)
+        scene = cached_bootstrap(world, gt, world / "before" / "images", config, "before", "known")
+    return assets_on_scene(scene, world, gt, inputs, steps, device)
 
 
-def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracle", steps: int | None = None):
+def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracle", steps: int | None = None,
+                    device: str | None = None):  # fmt: skip
     import tempfile
+
+    import torch
 
     splats = scene.version().load_splats()
     update, heldout = split_after(gt)
-    mv = MultiViewConfig() if steps is None else MultiViewConfig(steps=steps)
+    mv = MultiViewConfig(device=device) if steps is None else MultiViewConfig(steps=steps, device=device)
     added = [c for c in gt["changes"] if c["kind"] == "added"]
-    report: dict[str, Any] = {"world": str(world), "inputs": inputs, "steps": mv.steps, "objects": {}}
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    report: dict[str, Any] = {"world": str(world), "inputs": inputs, "steps": mv.steps, "objects": {},
+                              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+                              f"CPU, {torch.get_num_threads()} threads"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if inputs == "detected":
             found, report["detect_seconds"] = detected_inputs(scene, world, gt, update, Path(tmp))
@@ -186,7 +205,8 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
             entry["status"] = "ok"
             entry["hull_points"] = len(points)
             t0 = time.perf_counter()
-            hull, hp = hull_asset(points, views, HullConfig(seed=0), name=c["id"])
+            aligned = aligned_views(prepare_windows(splats, views, mv, box))  # as the multiview start
+            hull, hp = hull_asset(points, aligned, HullConfig(seed=0), name=c["id"])
             hull_s = time.perf_counter() - t0
             asset, placement, stats = multiview_asset(splats, points, box, views, mv, name=c["id"])
             results = {"hull": (hull, hp, hull_s), "multiview": (asset, placement, stats["seconds"])}
@@ -230,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", choices=("oracle", "detected"), default="oracle")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--preset", default="default", help="training preset of the before-scene (as bench run)")
+    ap.add_argument(
+        "--scene", default=None, help="STORE/NAME of the before-scene (default: bootstrap, cached)"
+    )
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     world = a.world or next((cache_root() / "worlds").glob("small-0-*"))
-    report = run(world, a.inputs, a.steps, a.preset)
+    report = run(world, a.inputs, a.steps, a.preset, a.scene, a.device)
     print(table(report), file=sys.stderr)
     text = json.dumps(report, indent=1, default=float)
     if a.json:

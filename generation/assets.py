@@ -72,12 +72,33 @@ class HullConfig:
     """Subsampling seed (``regenerate`` asks for another)."""
 
 
-def _spacing(X: np.ndarray) -> float:
-    import open3d as o3d
+def nearest(
+    X: np.ndarray, Y: np.ndarray, exclude_self: bool = False, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each point of X [N, 3] its nearest point of Y [M, 3]: (index [N], distance [N]); with
+    ``exclude_self`` (X is Y) a point is not its own neighbour."""
+    import torch
 
-    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(X.astype(np.float64)))
-    d = np.asarray(pc.compute_nearest_neighbor_distance())
-    d = d[d > 0]
+    x, y = torch.from_numpy(np.asarray(X, np.float32)), torch.from_numpy(np.asarray(Y, np.float32))
+    idx, dist = [], []
+    for i in range(0, len(x), chunk):
+        v, j = torch.cdist(x[i : i + chunk], y).min(1)
+        idx.append(j)
+        dist.append(v)
+    return torch.cat(idx).numpy(), torch.cat(dist).double().numpy()
+
+
+def _spacing(X: np.ndarray, sample: int = 2000) -> float:
+    """Median distance from a point to its nearest other point (over at most ``sample`` points)."""
+    import torch
+
+    if len(X) < 2:
+        return 0.05
+    q = X[np.random.default_rng(0).choice(len(X), sample, replace=False)] if len(X) > sample else X
+    d = torch.cdist(torch.from_numpy(np.asarray(q, np.float32)), torch.from_numpy(np.asarray(X, np.float32)))
+    d[d <= 0] = float("inf")  # the point itself (and duplicates)
+    d = d.min(1).values.double().numpy()
+    d = d[np.isfinite(d)]
     return float(np.median(d)) if len(d) else 0.05
 
 
@@ -151,13 +172,8 @@ def hull_asset(
     if not seen.any():
         raise AssetError(f"{name}: none of the {len(views)} photo(s) sees the object's points")
     if not seen.all():  # unseen points: their nearest seen neighbour's colour
-        import open3d as o3d
-
-        seen_idx = np.nonzero(seen > 0)[0]
-        tree = o3d.geometry.KDTreeFlann(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(X[seen_idx])))
-        for i in np.nonzero(seen == 0)[0]:
-            _, nn, _ = tree.search_knn_vector_3d(X[i], 1)
-            col[i] = col[seen_idx[nn[0]]]
+        seen_idx, unseen = np.flatnonzero(seen > 0), np.flatnonzero(seen == 0)
+        col[unseen] = col[seen_idx[nearest(X[unseen], X[seen_idx])[0]]]
     centre = 0.5 * (X.min(0) + X.max(0))
     sp = Splats.empty(len(X))
     sp.means = (X - centre).astype(np.float32)

@@ -99,6 +99,9 @@ class MultiViewConfig:
     sh0_lr: float = 5e-3
     seed: int = 0
     """Seed of the hull subsample, the photo order and the splits (``regenerate`` asks for another)."""
+    device: str | None = None
+    """Where the optimisation runs (None: CUDA when available, else the CPU). The renderer is IDU's torch
+    rasterizer on either (the layered composite is exact for it)."""
 
 
 @dataclass
@@ -123,6 +126,13 @@ class Window:
     offset: tuple[int, int]  # (x0, y0) of the window in the (downscaled, undistorted) photo
     scale: float  # downscale applied to the photo
     photo: torch.Tensor  # [H, W, 3] the whole (downscaled, undistorted) photo, for composites
+
+    def to(self, device: torch.device) -> Window:
+        """The window with its tensors on ``device`` (the whole photo stays where it is)."""
+        mv = {f: getattr(self.middle, f).to(device) for f in FIELDS}
+        return Window(self.name, self.target.to(device), self.mask.to(device), self.camera, self.pose,
+                      Splats(**mv), self.front_rgb.to(device), self.front_alpha.to(device),
+                      self.back_rgb.to(device), self.offset, self.scale, self.photo)  # fmt: skip
 
 
 def _box_frame(box: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +243,9 @@ def composite(win: Window, asset: Splats, info: dict | None = None) -> tuple[tor
     t_front = (1.0 - win.front_alpha)[..., None]
     rgb = win.front_rgb + t_front * (mid.rgb + (1.0 - mid.alpha)[..., None] * win.back_rgb)
     n = len(win.middle.means)
-    sh0 = torch.cat([torch.full((n, 3), -0.5 / C0), torch.full((asset.means.shape[0], 3), 0.5 / C0)])
+    dev = asset.means.device
+    sh0 = torch.cat([torch.full((n, 3), -0.5 / C0, device=dev),
+                     torch.full((asset.means.shape[0], 3), 0.5 / C0, device=dev)])  # fmt: skip
     mono = Splats(**{f: getattr(joint, f) for f in FIELDS if f not in ("sh0", "shN")}, sh0=sh0,
                   shN=joint.shN[:, :0])  # fmt: skip
     cover = render(mono, win.camera, win.pose, backend="torch").rgb[..., 0] * t_front[..., 0]
@@ -273,12 +285,15 @@ def optimise_in_box(
         grow_grad2d=config.grow_grad2d, grow_scale3d=config.grow_scale, prune_opacity=config.prune_opacity,
         max_gaussians=config.max_gaussians,
     )  # fmt: skip
-    g = GaussianParams(init, tc, diag, torch.device("cpu"))
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    windows = [w.to(device) for w in windows]
+    g = GaussianParams(init, tc, diag, device)
+    half, c_t, R_t = half.to(device), c_t.to(device), R_t.to(device)
     gen = torch.Generator().manual_seed(config.seed)
     max_log_scale = math.log(config.max_scale * diag)
     before = {w.name: window_metrics(w, g.splats()) for w in windows}
-    grad2d = torch.zeros(len(g))
-    count = torch.zeros(len(g))
+    grad2d = torch.zeros(len(g), device=device)
+    count = torch.zeros(len(g), device=device)
     losses: list[float] = []
     history = []
     order: list[int] = []
@@ -316,14 +331,14 @@ def optimise_in_box(
         s1 = step + 1
         if s1 > tc.refine_start and s1 % tc.refine_every == 0 and s1 <= tc.refine_stop:
             history.append(densify_and_prune(g, grad2d, count, tc, diag, s1, gen))
-            grad2d = torch.zeros(len(g))
-            count = torch.zeros(len(g))
+            grad2d = torch.zeros(len(g), device=device)
+            count = torch.zeros(len(g), device=device)
     with torch.no_grad():  # the last word: nothing nearly transparent stays
         op = torch.sigmoid(g.params["opacities"].data)
         if bool((op < config.prune_opacity).any()) and bool((op >= config.prune_opacity).any()):
             g.remove(op < config.prune_opacity)
     final = g.splats().to_numpy()
-    after = {w.name: window_metrics(w, final.to_torch()) for w in windows}
+    after = {w.name: window_metrics(w, final.to_torch(device)) for w in windows}
     n = len(windows)
     stats = {
         "steps": config.steps,
