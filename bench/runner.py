@@ -226,7 +226,9 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     report["stages"]["bootstrap"] = boot
     hooks = {"register": bench_register, "detect": bench_detect, "assets": bench_assets_stage,
              "merge": lambda s, w, g: bench_merge(s, w, g, update_names, heldout),
-             "update": lambda s, w, g: bench_update(s, w, g, update_names, heldout)}  # fmt: skip
+             "update": lambda s, w, g: {
+                 **bench_update(s, w, g, update_names, heldout),
+                 "true_poses": bench_update(s, w, g, update_names, heldout, "true")}}  # fmt: skip
     for stage, (module, title) in STAGES.items():
         if importlib.util.find_spec(module) is None:
             report["stages"][stage] = {"status": "missing", "module": module, "issue": title}
@@ -338,10 +340,14 @@ def bench_merge(
     scene: Scene, world: Path, gt: dict[str, Any], update: list[str], heldout: list[str]
 ) -> dict[str, Any]:
     """Merge with oracle decisions — every removed object and every moved object's old place taken out by
-    its true box (what a perfect detector and reviewer would approve; additions wait for assets) — and the
-    update after-photos at their true poses; the merged version judged on the held-out after-views."""
+    its true box, and every added object (a moved object's new place too) as the multi-view asset built
+    from its true masks in the update photos (what a perfect detector and reviewer would approve) — and
+    the update after-photos at their true poses; the merged version judged on the held-out after-views."""
     import tempfile
 
+    from bench.bench_assets import carve_hull, true_views
+    from generation.assets import write_asset
+    from generation.multiview import multiview_asset
     from reconstruction.merge import merge
 
     cid = [c for c in gt["changes"] if c["kind"] in ("removed", "moved")]
@@ -354,15 +360,29 @@ def bench_merge(
             shutil.copyfile(world / views[n]["path"], photos / n)
         copy = SceneStore(Path(tmp) / "store").scene("merged")
         shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".work", ".lock"))
-        decisions = {
-            "base_version": copy.current_version(),
-            "photos": {"registration": reg, "images": str(photos)},
-            "decisions": [{"change_id": c["id"], "action": "approve", "kind": "removed",
-                           "box": c["box"] if c["kind"] == "removed" else c["box_before"]} for c in cid],
-        }  # fmt: skip
-        out = merge(copy, decisions, Path(tmp))
+        decisions = [{"change_id": c["id"], "action": "approve", "kind": "removed",
+                      "box": c["box"] if c["kind"] == "removed" else c["box_before"]}
+                     for c in cid]  # fmt: skip
+        splats = scene.version().load_splats()
+        asset_seconds = {}
+        for c in gt["changes"]:
+            views = true_views(world, gt, c["id"], update) if c["kind"] in ("added", "moved") else []
+            if not views:
+                continue
+            t0 = time.perf_counter()
+            asset, placement, _ = multiview_asset(splats, carve_hull(c["box"], views), c["box"], views,
+                                                  name=c["id"])  # fmt: skip
+            asset_seconds[c["id"]] = time.perf_counter() - t0
+            doc = write_asset(Path(tmp) / "assets", c["id"], asset, placement)
+            path = str(Path(tmp) / "assets" / doc["asset"])
+            decisions.append({"change_id": f"{c['id']}+", "action": "approve", "kind": "added",
+                              "asset": path, "transform": placement})  # fmt: skip
+        doc = {"base_version": copy.current_version(), "photos": {"registration": reg, "images": str(photos)},
+               "decisions": decisions}  # fmt: skip
+        out = merge(copy, doc, Path(tmp))
         after = evaluate_on_after(copy, world, gt, heldout)["mean"]
-    return {"decisions": "oracle removals (true boxes)", "merged": out["diff"], "seconds": out["seconds"],
+    return {"decisions": "oracle removals (true boxes) and additions (multi-view assets from the true masks)",
+            "merged": out["diff"], "seconds": out["seconds"], "asset_seconds": asset_seconds,
             "model": {k: v for k, v in out["model"].items() if k != "skipped_names"},
             "heldout_after": after}  # fmt: skip
 
@@ -460,6 +480,15 @@ def _quality(m: dict[str, Any]) -> str:
     )
 
 
+def _update_figures(r: dict[str, Any]) -> str:
+    sec = r["seconds"]
+    return (f"{r['registered']}/{r['photos']} registered, {len(r['candidates'])} changes merged; "
+            f"{_num(sec['total'], '.0f')} s (register {_num(sec['register'], '.0f')}, detect "
+            f"{_num(sec['detect'], '.0f')}, assets {_num(sec['assets'], '.0f')}, merge "
+            f"{_num(sec['merge'], '.0f')}); held-out after-views: "
+            + _quality(r["heldout_after"]))  # fmt: skip
+
+
 def format_table(report: dict[str, Any]) -> str:
     rows = [("stage", "status", "figures")]
     for stage, r in report["stages"].items():
@@ -491,12 +520,10 @@ def format_table(report: dict[str, Any]) -> str:
                    f"{_num(r['psnr_mask_heldout'])} dB (scene alone {_num(r['psnr_mask_heldout_scene'])}); "
                    f"{_num(r['seconds_per_object'], '.1f')} s per object")  # fmt: skip
         elif stage == "update" and r["status"] == "ok":
-            sec = r["seconds"]
-            fig = (f"{r['registered']}/{r['photos']} registered, {len(r['candidates'])} changes merged; "
-                   f"{_num(sec['total'], '.0f')} s (register {_num(sec['register'], '.0f')}, detect "
-                   f"{_num(sec['detect'], '.0f')}, assets {_num(sec['assets'], '.0f')}, merge "
-                   f"{_num(sec['merge'], '.0f')}); held-out after-views: "
-                   + _quality(r["heldout_after"]))  # fmt: skip
+            fig = _update_figures(r)
+            if "true_poses" in r:
+                rows.append((stage, r["status"], fig))
+                stage, fig = "update (true poses)", _update_figures(r["true_poses"])
         else:
             fig = r.get("issue", "")
         rows.append((stage, r["status"], fig))
