@@ -339,7 +339,7 @@ def build_asset(
         (asset in its own frame, placement into the scene, the backend's report, the photo windows).
     """
     from .image_to_3d import GENERATORS, generate
-    from .multiview import MultiViewConfig, multiview_asset, prepare_windows
+    from .multiview import MultiViewConfig, aligned_views, multiview_asset, prepare_windows
     from .placement import place_asset
     from .surface import mesh_to_splats
 
@@ -362,8 +362,11 @@ def build_asset(
         report["before_optimisation"] = stats["before"]["mean"]
         return asset, placement, report, prepare_windows(scene, views, mv, box)
     if backend == "hull":
-        asset, placement = hull_asset(points, views, HullConfig(seed=config.seed), name=cid)
-        return asset, placement, report, prepare_windows(scene, views, mv, box)
+        windows = prepare_windows(scene, views, mv, box)
+        if not windows:
+            raise AssetError(f"{cid}: none of the {len(views)} photo(s) has a mask to colour the asset from")
+        asset, placement = hull_asset(points, aligned_views(windows), HullConfig(seed=config.seed), name=cid)
+        return asset, placement, report, windows
     rgba, photo = best_crop(views)
     mesh = generate(backend, rgba, model=config.model, seed=config.seed)
     asset = mesh_to_splats(mesh, num=config.gaussians, seed=config.seed)
