@@ -18,7 +18,8 @@ JSON API (same session and CSRF rules; ``X-CSRF-Token`` header on POST, the toke
     POST /api/runs/{run}/reviews/{key}            a decision (flows.update_scene.ReviewDecision as JSON;
                                                   ``reviewer`` is the signed-in user)
 
-Files: /media/{run}/{key}/{photo}/{after|before|composite|crop}.jpg, /viewer/{run}/{key}/splats.bin,
+Files: /media/{run}/{key}/{photo}/{after|before|composite|crop}.jpg, /media/{run}/{key}/asset-sides.jpg,
+/viewer/{run}/{key}/splats.bin,
 /scenes/{name}/v{n}/{before|after}.jpg, /files/{run}/{change}/crop (report thumbnails).
 
 Everything but /login, /api/health and /static refuses anonymous requests (pages redirect to /login, the
@@ -362,6 +363,14 @@ def create_app(store: str | os.PathLike | None = None) -> FastAPI:
             raise HTTPException(422, f"action {decision['action']!r} is not one of {', '.join(ACTIONS)}")
         await run_in_threadpool(decide, run_id, key, decision)
         return page(request, "_decided.html", {"decision": decision, "run_id": run_id, "key": key})
+
+    @app.get("/media/{run_id}/{key}/asset-sides.jpg")
+    def asset_sides(run_id: str, key: str):
+        p = get_proposal(run_id, key)
+        try:
+            return FileResponse(media.asset_preview(p), media_type="image/jpeg")
+        except (media.MediaError, FileNotFoundError) as e:
+            raise HTTPException(404, str(e)) from None
 
     @app.get("/media/{run_id}/{key}/{photo}/{kind}.jpg")
     def change_media(run_id: str, key: str, photo: str, kind: str):

@@ -58,6 +58,15 @@ def _inside(folder: Path, rel: str) -> Path:
     return f
 
 
+def asset_preview(proposal: dict[str, Any]) -> Path:
+    """The proposed asset's preview from 4 sides (``<id>_previews/sides.jpg`` beside its PLY)."""
+    a = proposal.get("asset") or {}
+    rel = (a.get("previews") or {}).get("sides")
+    if not rel or not a.get("path"):
+        raise MediaError(f"change {proposal['change']['id']}: its asset has no preview")
+    return _inside(Path(a["path"]).parent, rel)
+
+
 def _registration(proposal: dict[str, Any]) -> dict[str, dict[str, Any]]:
     folder = Path(proposal["detect_folder"]).parent
     doc = json.loads((folder / "registration.json").read_text())
@@ -281,6 +290,7 @@ def version_thumbnail(store: str | Path, name: str, number: int, side: str = "af
 __all__ = [
     "KINDS",
     "MediaError",
+    "asset_preview",
     "change_picture",
     "photos_of",
     "prepare",

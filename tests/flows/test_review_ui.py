@@ -249,7 +249,8 @@ def test_a_reviewer_adjusts_and_approves_one_change_and_rejects_another_in_chrom
         expect(page).to_have_url(re.compile(f"/reviews/{first['run_id']}/"))
         viewer = page.locator("#viewer")
         expect(viewer).to_have_attribute("data-ready", "1", timeout=120_000)
-        for img in page.locator("section.views img").all():
+        expect(page.get_by_test_id("asset")).to_contain_text("silhouette IoU")
+        for img in page.locator("section.views img, section.asset img").all():
             img.scroll_into_view_if_needed()
             page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle())
         # the 3D view drew splats: its canvas is not the plain background everywhere
