@@ -13,8 +13,9 @@ axis is free. Steps:
 3. refine scale, turn and translation by gradient descent on the silhouette loss (binary cross-entropy of
    the asset's visible coverage, occluders included, against the masks; the scene's renderer,
    differentiable);
-4. rest it on the surface under it: the highest opaque scene Gaussians under its footprint give the
-   ground, and the asset is moved along up until its lowest Gaussians touch it;
+4. rest it on the surface under it: the opaque scene Gaussians under its footprint give the ground (their
+   median height), and the asset is moved along up until its lowest Gaussians touch it — unless that
+   costs silhouette IoU (``rest_tolerance``): then the photos win and the gap is reported;
 5. residuals: silhouette IoU per photo, the gap to the ground that step 4 closed, and the share of the
    asset's visible pixels where the scene's rendered surface lies in front of the asset although the photo
    shows the object there (the asset would be inside the scene).
@@ -53,8 +54,11 @@ class PlacementConfig:
     """Gradient steps of the refinement (one photo each)."""
     lr: float = 0.02
     """Adam learning rate of the log scale, the turn (radians) and the translation (box diagonals)."""
-    ground_quantile: float = 0.9
+    ground_quantile: float = 0.5
     """The ground under the asset: this quantile of the heights of the opaque scene Gaussians below it."""
+    rest_tolerance: float = 0.01
+    """The asset is rested on the ground only if that costs at most this much mean silhouette IoU (else the
+    photos win and the gap is reported)."""
     ground_opacity: float = 0.5
     """Scene Gaussians at least this opaque count as ground."""
     penetration_tolerance: float = 0.05
@@ -158,8 +162,9 @@ def place_asset(
         scene: the scene's Gaussians, for the ground and the intersection check (None: neither).
     Returns:
         (placement ``{"rotation_wxyz", "translation", "scale"}`` mapping the object frame into the scene;
-        residuals: ``silhouette_iou`` per photo and mean, ``ground_gap`` (scene units, closed by resting the
-        asset on the ground; None when no ground was found), ``penetration`` per photo, ``seconds``).
+        residuals: ``silhouette_iou`` per photo and mean, ``ground_gap`` (scene units between the asset's
+        bottom and the ground; None when no ground was found), ``rested_on_ground`` (whether the gap was
+        closed), ``penetration`` per photo, ``seconds``).
     Raises:
         AssetError: no photo to fit to, or an empty asset.
     """
@@ -219,8 +224,14 @@ def place_asset(
         if ground is not None:
             gap = bottom - ground
             t_final = t_final - gap * B[:, 2]
+    rested = gap is not None
+    iou_final, ious = _mean_iou(a, windows, (base, params[1], params[2], torch.from_numpy(t_final)))
+    if (
+        rested and iou_final < iou_fit - config.rest_tolerance
+    ):  # the photos disagree with the ground: keep them
+        t_final, rested = params[3].numpy().copy(), False
+        iou_final, ious = _mean_iou(a, windows, params)
     params = (base, params[1], params[2], torch.from_numpy(t_final))
-    iou_final, ious = _mean_iou(a, windows, params)
     R = B @ np.array([[math.cos(float(params[2])), -math.sin(float(params[2])), 0],
                       [math.sin(float(params[2])), math.cos(float(params[2])), 0], [0, 0, 1]])  # fmt: skip
     placement = {"rotation_wxyz": matrix_to_quat(R).tolist(), "translation": t_final.tolist(),
@@ -243,6 +254,7 @@ def place_asset(
         "silhouette_iou_search": iou_search,
         "silhouette_iou_fit": iou_fit,
         "ground_gap": gap,
+        "rested_on_ground": rested,
         "penetration": pen,
         "seconds": time.perf_counter() - t0,
     }
