@@ -355,22 +355,21 @@ def build_asset(
     if backend not in known:
         raise AssetError(f"{cid}: unknown asset backend {backend!r} (expected one of {', '.join(known)})")
     mv = config.multiview or MultiViewConfig(seed=config.seed)
+    windows = prepare_windows(scene, views, mv, box)
+    if not windows:
+        raise AssetError(f"{cid}: none of the {len(views)} photo(s) has a mask to fit the asset to")
     report: dict[str, Any] = {"backend": backend, "seed": config.seed}
     if backend == "multiview":
-        asset, placement, stats = multiview_asset(scene, points, box, views, mv, name=cid)
+        asset, placement, stats = multiview_asset(scene, points, box, views, mv, name=cid, windows=windows)
         report["optimisation"] = {k: v for k, v in stats.items() if k not in ("before", "after")}
         report["before_optimisation"] = stats["before"]["mean"]
-        return asset, placement, report, prepare_windows(scene, views, mv, box)
+        return asset, placement, report, windows
     if backend == "hull":
-        windows = prepare_windows(scene, views, mv, box)
-        if not windows:
-            raise AssetError(f"{cid}: none of the {len(views)} photo(s) has a mask to colour the asset from")
         asset, placement = hull_asset(points, aligned_views(windows), HullConfig(seed=config.seed), name=cid)
         return asset, placement, report, windows
     rgba, photo = best_crop(views)
     mesh = generate(backend, rgba, model=config.model, seed=config.seed)
     asset = mesh_to_splats(mesh, num=config.gaussians, seed=config.seed)
-    windows = prepare_windows(scene, views, mv, box)
     placement, residuals = place_asset(asset, box, windows, _up(box), scene, name=cid)
     report |= {"model": config.model, "crop_from": photo, "placement_residuals": residuals}
     return asset, placement, report, windows

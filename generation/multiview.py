@@ -368,6 +368,7 @@ def multiview_asset(
     views: list[View],
     config: MultiViewConfig | None = None,
     name: str = "candidate",
+    windows: list[Window] | None = None,
 ) -> tuple[Splats, dict[str, Any], dict[str, Any]]:
     """An added object's Gaussians from its hull points [P, 3] and the photos that see it.
 
@@ -376,6 +377,7 @@ def multiview_asset(
         points: the candidate's supporting points (visual hull), scene frame.
         box: the candidate's box ``{"center", "size", "rotation_wxyz"}`` (scene frame).
         views: the registered photos with the candidate's mask in each (photo-sized, undistorted frame).
+        windows: ``prepare_windows(scene, views, config, box)`` when the caller has them already.
     Returns:
         (asset in its own frame: the box centre is the origin; placement ``{"rotation_wxyz",
         "translation", "scale"}`` into the scene; statistics: per-photo silhouette IoU and PSNR inside the
@@ -385,7 +387,8 @@ def multiview_asset(
     """
     config = config or MultiViewConfig()
     t0 = time.perf_counter()
-    windows = prepare_windows(scene, views, config, box)
+    if windows is None:
+        windows = prepare_windows(scene, views, config, box)
     if not windows:
         raise AssetError(f"{name}: none of the {len(views)} photo(s) has a mask to fit the asset to")
     aligned = aligned_views(windows)  # colours from the photos mapped onto the scene's
