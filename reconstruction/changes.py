@@ -210,7 +210,7 @@ def fit_gains(photo: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, s
     return (photo * g.exp().float()).clamp(0, 1)
 
 
-def _ncc(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
+def local_ncc(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     """Local normalised cross-correlation [H, W] of the grey values of a and b [H, W, 3] (Gaussian window):
     insensitive to a change of brightness or contrast (a shadow, an exposure), sensitive to structure."""
     a, b = a.mean(-1, keepdim=True), b.mean(-1, keepdim=True)
@@ -249,7 +249,7 @@ def dissimilarity(
         raise IDUError(f"change backend {config.backend!r}: expected one of {', '.join(BACKENDS)}")
     a, b = _blur(photo, config.blur_sigma * unit), _blur(render_rgb, config.blur_sigma * unit)
     chroma = (_log_chroma(a) - _log_chroma(b)).norm(dim=-1)
-    struct = 1 - _ncc(photo, render_rgb, config.ncc_sigma * unit)
+    struct = 1 - local_ncc(photo, render_rgb, config.ncc_sigma * unit)
     return {"chroma": chroma, "struct": struct}
 
 

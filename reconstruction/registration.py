@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ import torch
 
 from .cameras import Camera, Pose, model_images, project_points
 from .errors import IDUError, SceneFormatError
+from .pose_check import PoseCheckConfig, best_pose, check_pose
 from .sfm import SfMConfig, colmap_log, run_sfm
+from .splats import Splats
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,14 @@ class RegistrationConfig:
     """Pixels between a scene keypoint and a model observation for them to share the 3D point."""
     scene_matcher: str = "auto"
     """How the scene's photos are matched among themselves when ``tracks`` triangulates."""
+    retry_candidates: int = 30
+    """A photo whose pose the support gates reject (inlier count, ratio, reprojection error) is matched
+    again against this many scene photos."""
+    min_checked_inliers: int = 6
+    """A pose that fails the support gates but has at least this many inliers is registered when the
+    scene rendered at it looks like the photo (``pose_check``; 0: never)."""
+    pose_check: PoseCheckConfig = field(default_factory=PoseCheckConfig)
+    """How the render check judges a weakly supported pose (``reconstruction.pose_check``)."""
     vocabulary_size: int = 0
     """Visual words of the retrieval vocabulary (0: from the number of scene descriptors)."""
     seed: int = 0
@@ -702,22 +712,15 @@ def _initial_camera(photo: Photo, index: SceneIndex, config: RegistrationConfig)
     return Camera("SIMPLE_RADIAL", w, h, [f, w / 2, h / 2, 0.0]), "unknown", True
 
 
-def register_photo(
-    index: SceneIndex, photo: Photo, config: RegistrationConfig | None = None, cache: Path | None = None
-) -> Result:
-    """Pose of one decoded photo in the scene frame, or a rejection with its reason (never raises for a
-    photo that merely does not fit the scene)."""
-    config = config or RegistrationConfig()
-    t0 = time.perf_counter()
-    xy, desc = extract(photo, config, cache)
-    if len(xy) < config.min_inliers:
-        return Result(photo.name, "rejected", f"only {len(xy)} SIFT features (need {config.min_inliers})",
-                      seconds=time.perf_counter() - t0)  # fmt: skip
-    cands = index.retrieve(desc, config.num_candidates, _global_query(photo, config))
+def _correspondences(index: SceneIndex, desc: np.ndarray, cands: list[tuple[int, float]],
+                     ratio: float) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """2D-3D correspondences of a photo through the tracks of the scene photos ``cands``: (keypoint indices
+    [M], point indices [M], number of 2D-2D matches). A keypoint matched to several points takes the one
+    most of its matches vote for."""
     votes: dict[int, dict[int, int]] = {}
     num_matches = 0
     for i, _ in cands:
-        m = match_descriptors(desc, index.desc[i], config.ratio)
+        m = match_descriptors(desc, index.desc[i], ratio)
         num_matches += len(m)
         pid = index.point_ids[i][m[:, 1]]
         for q, p in zip(m[pid >= 0, 0], pid[pid >= 0], strict=True):
@@ -725,20 +728,32 @@ def register_photo(
             votes[int(q)][int(p)] += 1
     q_idx = np.array(sorted(votes), np.int64)
     p_idx = np.array([max(votes[q].items(), key=lambda kv: kv[1])[0] for q in q_idx], np.int64)
-    details: dict[str, Any] = {
-        "retrieved": [index.names[i] for i, _ in cands],
-        "num_matches": num_matches,
-        "num_correspondences": len(q_idx),
-    }
-    camera, how, estimate_focal = _initial_camera(photo, index, config)
-    details["camera_source"] = how
+    return q_idx, p_idx, num_matches
 
-    def reject(reason: str, **extra) -> Result:
-        return Result(photo.name, "rejected", reason, num_inliers=extra.pop("num_inliers", 0),
-                      seconds=time.perf_counter() - t0, details={**details, **extra})  # fmt: skip
 
-    if len(q_idx) < config.min_inliers:
-        return reject(f"only {len(q_idx)} 2D-3D matches with the scene (need {config.min_inliers})")
+def _merge(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Correspondences of several scene photos as one set (a keypoint takes its most voted point)."""
+    votes: dict[int, dict[int, int]] = {}
+    for q_idx, p_idx in pairs:
+        for q, p in zip(q_idx.tolist(), p_idx.tolist(), strict=True):
+            votes.setdefault(q, {}).setdefault(p, 0)
+            votes[q][p] += 1
+    q_out = np.array(sorted(votes), np.int64)
+    return q_out, np.array([max(votes[q].items(), key=lambda kv: kv[1])[0] for q in q_out], np.int64)
+
+
+@dataclass
+class _Solution:
+    pose: Pose
+    camera: Camera
+    metrics: dict[str, Any]  # num_inliers, inlier_ratio, reprojection_error, inlier_spread, distance...
+    depth: np.ndarray  # [num inliers] camera z of the inlier points
+
+
+def _solve(index: SceneIndex, photo: Photo, xy: np.ndarray, q_idx: np.ndarray, p_idx: np.ndarray,
+           camera: Camera, estimate_focal: bool, config: RegistrationConfig) -> _Solution | None:  # fmt: skip
+    """LO-RANSAC + refinement of the photo's pose from its 2D-3D correspondences, with the figures the
+    gates judge; None when RANSAC finds no pose."""
     pts2 = xy[q_idx].astype(np.float64)
     pts3 = index.points[p_idx]
     est = pycolmap.AbsolutePoseEstimationOptions()
@@ -752,7 +767,7 @@ def register_photo(
     with colmap_log(Path(os.devnull)):
         out = pycolmap.estimate_and_refine_absolute_pose(pts2, pts3, pc, est, ref)
     if out is None:
-        return reject(f"no pose found from {len(q_idx)} 2D-3D matches (RANSAC failed)")
+        return None
     inl = np.asarray(out["inlier_mask"], bool)
     n_in = int(inl.sum())
     pose = Pose.from_pycolmap(out["cam_from_world"])
@@ -760,35 +775,152 @@ def register_photo(
         camera = Camera.from_pycolmap(pc)
     proj, depth = project_points(camera, pose, pts3[inl])
     err = np.linalg.norm(proj - pts2[inl], axis=1) if n_in else np.zeros(0)
-    ratio = n_in / max(1, len(q_idx))
     lo, hi = (pts2[inl].min(0), pts2[inl].max(0)) if n_in else (np.zeros(2), np.zeros(2))
-    spread = float(np.prod(hi - lo) / (photo.gray.shape[0] * photo.gray.shape[1]))
-    dist = float(np.linalg.norm(pose.center() - index.centre) / index.radius)
-    extra = {
+    dist = float(np.linalg.norm(pose.center() - index.centre)) / index.radius
+    metrics = {
         "num_inliers": n_in,
-        "inlier_ratio": round(ratio, 4),
+        "inlier_ratio": round(n_in / max(1, len(q_idx)), 4),
         "reprojection_error": round(float(err.mean()) if n_in else float("nan"), 4),
-        "inlier_spread": round(spread, 4),
+        "inlier_spread": round(float(np.prod(hi - lo) / (photo.gray.shape[0] * photo.gray.shape[1])), 4),
         "distance_in_scene_radii": round(dist, 3),
     }
+    return _Solution(pose, camera, metrics, depth)
+
+
+def _support_gates(sol: _Solution, config: RegistrationConfig) -> str | None:
+    """Why the inliers are too few or too loose to trust the pose on their own (None: they are enough)."""
+    m = sol.metrics
+    n_in, ratio = m["num_inliers"], m["inlier_ratio"]
     if n_in < config.min_inliers:
-        return reject(f"only {n_in} inlier 2D-3D matches (need {config.min_inliers})", **extra)
+        return f"only {n_in} inlier 2D-3D matches (need {config.min_inliers})"
     if ratio < config.min_inlier_ratio and n_in < config.confident_inliers:
-        return reject(f"inlier ratio {ratio:.2f} of {len(q_idx)} 2D-3D matches is below "
-                      f"{config.min_inlier_ratio:.2f}", **extra)  # fmt: skip
-    if err.mean() > config.max_reprojection_error:
+        return f"inlier ratio {ratio:.2f} is below {config.min_inlier_ratio:.2f}"
+    if m["reprojection_error"] > config.max_reprojection_error:
         limit = config.max_reprojection_error
-        return reject(f"reprojection error {err.mean():.2f} px is above {limit:.2f} px", **extra)
-    if spread < config.min_inlier_spread:
-        return reject(f"inliers cover only {100 * spread:.1f}% of the photo (need "
-                      f"{100 * config.min_inlier_spread:.0f}%)", **extra)  # fmt: skip
-    if dist > config.max_distance or (n_in and float(np.median(depth)) <= 0):
-        return reject(f"pose is outside the scene ({dist:.1f} scene radii from its centre, limit "
-                      f"{config.max_distance:g})", **extra)  # fmt: skip
-    full = Camera.from_pycolmap(_rescaled(camera, photo.width, photo.height))
-    details.update(extra)
-    details.pop("num_inliers")
-    return Result(photo.name, "registered", None, pose, full, n_in, time.perf_counter() - t0, details)
+        return f"reprojection error {m['reprojection_error']:.2f} px is above {limit:.2f} px"
+    return None
+
+
+def _geometry_gates(sol: _Solution, config: RegistrationConfig) -> str | None:
+    """Why the pose cannot be right whatever its support (None: it may be)."""
+    m = sol.metrics
+    if m["inlier_spread"] < config.min_inlier_spread:
+        return (f"inliers cover only {100 * m['inlier_spread']:.1f}% of the photo (need "
+                f"{100 * config.min_inlier_spread:.0f}%)")  # fmt: skip
+    dist = m["distance_in_scene_radii"]
+    if dist > config.max_distance or (len(sol.depth) and float(np.median(sol.depth)) <= 0):
+        return (f"pose is outside the scene ({dist:.1f} scene radii from its centre, limit "
+                f"{config.max_distance:g})")  # fmt: skip
+    return None
+
+
+def register_photo(
+    index: SceneIndex,
+    photo: Photo,
+    config: RegistrationConfig | None = None,
+    cache: Path | None = None,
+    splats: Splats | Callable[[], Splats] | None = None,
+) -> Result:
+    """Pose of one decoded photo in the scene frame, or a rejection with its reason (never raises for a
+    photo that merely does not fit the scene).
+
+    ``splats`` (the version's splats, or a function that loads them): a pose that fails the support gates
+    (``min_inliers``, ``min_inlier_ratio``, ``max_reprojection_error``) but has at least
+    ``min_checked_inliers`` inliers is registered when the scene rendered at it looks like the photo
+    (``reconstruction.pose_check``); before that, the photo is matched against ``retry_candidates`` scene
+    photos. Without splats the support gates decide alone."""
+    config = config or RegistrationConfig()
+    t0 = time.perf_counter()
+    xy, desc = extract(photo, config, cache)
+    if len(xy) < config.min_inliers:
+        return Result(photo.name, "rejected", f"only {len(xy)} SIFT features (need {config.min_inliers})",
+                      seconds=time.perf_counter() - t0)  # fmt: skip
+    query = _global_query(photo, config)
+    cands = index.retrieve(desc, config.num_candidates, query)
+    q_idx, p_idx, num_matches = _correspondences(index, desc, cands, config.ratio)
+    details: dict[str, Any] = {
+        "retrieved": [index.names[i] for i, _ in cands],
+        "num_matches": num_matches,
+        "num_correspondences": len(q_idx),
+    }
+    camera, how, estimate_focal = _initial_camera(photo, index, config)
+    details["camera_source"] = how
+
+    def reject(reason: str, sol: _Solution | None = None, **extra) -> Result:
+        metrics = dict(sol.metrics) if sol is not None else {}
+        return Result(photo.name, "rejected", reason, num_inliers=metrics.pop("num_inliers", 0),
+                      seconds=time.perf_counter() - t0, details={**details, **metrics, **extra})  # fmt: skip
+
+    def registered(sol: _Solution) -> Result:
+        full = Camera.from_pycolmap(_rescaled(sol.camera, photo.width, photo.height))
+        details.update({k: v for k, v in sol.metrics.items() if k != "num_inliers"})
+        return Result(photo.name, "registered", None, sol.pose, full, sol.metrics["num_inliers"],
+                      time.perf_counter() - t0, details)  # fmt: skip
+
+    sol = _solve(index, photo, xy, q_idx, p_idx, camera, estimate_focal, config) if len(q_idx) >= 4 else None
+    weak = _support_gates(sol, config) if sol is not None else "no pose"
+    if not weak:
+        why = _geometry_gates(sol, config)
+        return reject(why, sol) if why else registered(sol)
+    if splats is None or config.min_checked_inliers <= 0:
+        if sol is None:
+            return reject(_no_pose(q_idx, config))
+        return reject(weak, sol)
+    # Weakly supported: match more scene photos; a pose from all their correspondences and one from each
+    # photo's; the one whose render agrees best with the photo is checked against its decoys.
+    cands = index.retrieve(desc, max(config.retry_candidates, config.num_candidates), query)
+    per = [_correspondences(index, desc, [c], config.ratio) for c in cands]
+    q_all, p_all = _merge([(q, p) for q, p, _ in per])
+    details.update(retrieved=[index.names[i] for i, _ in cands], num_matches=sum(n for *_, n in per),
+                   num_correspondences=len(q_all))  # fmt: skip
+    solved = [_solve(index, photo, xy, q, p, camera, estimate_focal, config) if len(q) >= 4 else None
+              for q, p in [(q_all, p_all), *((q, p) for q, p, _ in per)]]  # fmt: skip
+    hyps = [h for h in [sol, *solved] if h is not None]
+    most = max(hyps, key=lambda h: h.metrics["num_inliers"], default=None)
+    if most is None:
+        return reject(_no_pose(q_all, config))
+    weak, why = _support_gates(most, config), _geometry_gates(most, config)
+    if not weak and not why:
+        return registered(most)  # the wider match was enough on its own
+    hyps = [h for h in hyps if h.metrics["num_inliers"] >= config.min_checked_inliers
+            and not _geometry_gates(h, config)]  # fmt: skip
+    if not hyps:
+        return reject(f"{weak}, and {why}" if weak and why else weak or why, most)
+    weak = weak or why
+    scene = splats() if callable(splats) else splats
+    k, check = best_pose(scene, photo.gray, [(h.camera, h.pose) for h in hyps], config.pose_check)
+    if not check.passed:
+        return reject(f"{weak}, and {check.describe()}", hyps[k], pose_check=check.to_json())
+    # The checked pose picks the consistent correspondences among all of them; the pose is refined on
+    # those and kept when the scene still agrees with the photo at least as well.
+    sol = hyps[k]
+    refined = _resolve(index, photo, xy, q_all, p_all, sol, estimate_focal, config)
+    if refined is not None and refined.metrics["num_inliers"] > sol.metrics["num_inliers"]:
+        check2 = check_pose(scene, photo.gray, refined.camera, refined.pose, config.pose_check)
+        if check2.passed and check2.agreement >= check.agreement:
+            sol, check = refined, check2
+    details["pose_check"] = check.to_json()
+    details["registered_by"] = "pose check"
+    return registered(sol)
+
+
+def _no_pose(q_idx: np.ndarray, config: RegistrationConfig) -> str:
+    if len(q_idx) < config.min_inliers:
+        return f"only {len(q_idx)} 2D-3D matches with the scene (need {config.min_inliers})"
+    return f"no pose found from {len(q_idx)} 2D-3D matches (RANSAC failed)"
+
+
+def _resolve(index: SceneIndex, photo: Photo, xy: np.ndarray, q_idx: np.ndarray, p_idx: np.ndarray,
+             sol: _Solution, estimate_focal: bool,
+             config: RegistrationConfig) -> _Solution | None:  # fmt: skip
+    """The pose re-estimated from the correspondences that ``sol`` explains (within the RANSAC error)."""
+    if len(q_idx) < 4:
+        return None
+    proj, depth = project_points(sol.camera, sol.pose, index.points[p_idx])
+    near = (np.linalg.norm(proj - xy[q_idx], axis=1) < config.ransac_max_error) & (depth > 0)
+    if int(near.sum()) < 4:
+        return None
+    return _solve(index, photo, xy, q_idx[near], p_idx[near], sol.camera, estimate_focal, config)
 
 
 def _rescaled(camera: Camera, width: int, height: int) -> pycolmap.Camera:
@@ -829,6 +961,13 @@ def register_photos(
     index = scene_index(version, config, progress=progress)
     index_s = time.perf_counter() - t0
     cache = version.scene.root / ".cache" / "registration" / "photos"
+    loaded: list[Splats] = []
+
+    def splats() -> Splats:  # loaded once, and only when a weakly supported pose needs the render check
+        if not loaded:
+            loaded.append(version.load_splats())
+        return loaded[0]
+
     results: list[Result] = []
     seen: dict[str, str] = {}
     with _progress(progress, len(files)) as bar:
@@ -846,7 +985,7 @@ def register_photos(
                                           seconds=time.perf_counter() - t))  # fmt: skip
                 else:
                     seen[photo.sha256] = p.name
-                    results.append(register_photo(index, photo, config, cache))
+                    results.append(register_photo(index, photo, config, cache, splats))
             r = results[-1]
             bar.update(task, advance=1, info=f"{p.name}: {r.status}")
             log.info("%s: %s%s", p.name, r.status, f" ({r.reason})" if r.reason else
