@@ -271,10 +271,15 @@ def review_change(
             seed += 1
             asset = make_asset(scene, base, batch, detection, c, reg, options.assets.model_dump(), seed=seed)
             placement = dict(asset["transform"])
-        if d.action == "relabel" and label == "person":
-            logger.info(
-                "%s: labelled person; the person branch is not built yet, the object asset stays", c["id"]
-            )
+        if (
+            d.action == "relabel"
+            and c["kind"] == "added"
+            and (label == "person") != (c.get("label") == "person")
+        ):
+            c = {**c, "label": label}  # into or out of the person branch: the asset is built again
+            asset = make_asset(scene, base, batch, detection, c, reg, options.assets.model_dump(), seed=seed)
+            placement = dict(asset["transform"])
+            logger.info("%s: labelled %s; %s asset rebuilt", c["id"], label, asset["backend"])
         carried = None
     raise RuntimeError(f"{c['id']}: no approve/reject after 20 review rounds")
 

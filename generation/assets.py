@@ -233,6 +233,9 @@ class AssetConfig:
     """Gaussians sampled on a generated mesh."""
     multiview: Any = None
     """generation.multiview.MultiViewConfig of the multiview backend (None: its defaults, this seed)."""
+    people: bool = True
+    """A candidate labelled ``person`` (a classifier or a reviewer) goes to the person branch
+    (generation/human: the anny body fitted to its silhouettes, the photos' pixels on it)."""
     previews: bool = True
     """Write preview renders: the asset alone from 4 sides, and composited into each photo."""
     seed: int = 0
@@ -351,7 +354,9 @@ def build_asset(
         and sum(int((np.asarray(v.mask) > 0).any()) for v in views) < config.min_views
     ):
         backend = config.single_view_backend
-    known = ("multiview", "hull", *GENERATORS)
+    if config.people and candidate.get("label") == "person":
+        backend = "person"
+    known = ("multiview", "hull", "person", *GENERATORS)
     if backend not in known:
         raise AssetError(f"{cid}: unknown asset backend {backend!r} (expected one of {', '.join(known)})")
     mv = config.multiview or MultiViewConfig(seed=config.seed)
@@ -364,6 +369,13 @@ def build_asset(
         report["optimisation"] = {k: v for k, v in stats.items() if k not in ("before", "after")}
         report["before_optimisation"] = stats["before"]["mean"]
         return asset, placement, report, windows
+    if backend == "person":
+        from .human.fit import PersonFitConfig, fit_person
+        from .human.person import person_asset
+
+        fit = fit_person(windows, box, _up(box), scene, PersonFitConfig(seed=config.seed))
+        asset, placement, person = person_asset(fit, windows, config.gaussians, config.seed)
+        return asset, placement, report | person, windows
     if backend == "hull":
         asset, placement = hull_asset(points, aligned_views(windows), HullConfig(seed=config.seed), name=cid)
         return asset, placement, report, windows

@@ -14,21 +14,18 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from generation.human.body import anny_available, cache_dir, load_anny
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path("~/.cache/idu/anny")
 POSE_KINDS = ("stand", "walk", "wave", "phone", "point")
 
 # Body part of each vertex, from its dominant skinning bone (the first matching prefix wins).
@@ -71,32 +68,6 @@ class Person:
     @property
     def height(self) -> float:
         return float(self.vertices[:, 2].max() - self.vertices[:, 2].min())
-
-
-def anny_available() -> bool:
-    """Whether the anny package can be imported (without importing it)."""
-    return importlib.util.find_spec("anny") is not None
-
-
-def cache_dir() -> Path:
-    """anny's model cache: ``ANNY_CACHE_DIR`` if set, else ``~/.cache/idu/anny``."""
-    return Path(os.environ.get("ANNY_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
-
-
-@functools.lru_cache(maxsize=2)
-def _load_model(cache: str):
-    """anny's full-body model with torch skinning (no warp kernels to compile), cached per process."""
-    os.environ.setdefault("ANNY_CACHE_DIR", cache)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout clean for --json
-        import anny
-        import anny.paths
-
-        anny.paths.set_anny_cache_path(cache)
-        if not any(Path(cache).glob("*")):
-            log.warning("building anny's model cache in %s (once, about 2 minutes)", cache)
-        model = anny.Anny(skinning_method="lbs")
-        regressor = anny.KeypointsRegressor.coco(model)
-    return model, regressor, getattr(anny, "__version__", "?")
 
 
 def _rot(axis: str, deg: float):
@@ -227,7 +198,7 @@ def make_person(rng: np.random.Generator) -> Person | None:
         "proportions": 0.5,
     }
     pose = random_pose(rng)
-    model, regressor, version = _load_model(str(cache_dir()))
+    model, regressor, version = load_anny(str(cache_dir()))
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         out = model(
             pose_parameters=_pose_parameters(pose),

@@ -1,0 +1,112 @@
+"""Benchmark the person branch: the anny body fitted to a world's person from its silhouettes.
+
+    python -m bench.bench_people [WORLD_DIR] [--scene STORE/NAME] [--json OUT]
+
+WORLD_DIR defaults to the test fixture (small world, seed 0). The person of a benchmark world is an anny
+body in a random pose with known 3D keypoints (gt.json ``person``). Inputs are oracle: the person's true
+masks in the after-photos at their true poses, the true box (so the fit is judged without detection's
+error). Runs: every after-photo that shows the person together, then each such photo alone.
+
+Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame), of all 23 (with the feet), PA-MPJPE
+(after the best similarity transform), silhouette IoU per photo, the facing direction found, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_assets import before_scene, true_views
+from bench.fixtures import fixture_world
+from bench.runner import emit_report, load_world
+from generation.human.fit import PersonFitConfig, fit_person
+from generation.human.person import person_asset
+from generation.multiview import MultiViewConfig, prepare_windows
+from reconstruction.cameras import Pose
+from reconstruction.changes import up_direction
+
+
+def procrustes(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """X [N, 3] moved onto Y [N, 3] by the best similarity transform (scale, rotation, translation)."""
+    mx, my = X.mean(0), Y.mean(0)
+    A, B = X - mx, Y - my
+    U, S, Vt = np.linalg.svd(A.T @ B)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = (U @ D @ Vt).T
+    s = float((S * np.diag(D)).sum() / max((A**2).sum(), 1e-12))
+    return s * A @ R.T + my
+
+
+def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """MPJPE over the 17 COCO joints and all, PA-MPJPE over the 17 (millimetres)."""
+    e = np.linalg.norm(pred - truth, axis=1)
+    pa = np.linalg.norm(procrustes(pred[:17], truth[:17]) - truth[:17], axis=1)
+    return {"mpjpe_mm": 1000 * float(e[:17].mean()), "mpjpe_all_mm": 1000 * float(e.mean()),
+            "pa_mpjpe_mm": 1000 * float(pa.mean())}  # fmt: skip
+
+
+def run(world: Path, scene_ref: str | None = None, preset_name: str = "default",
+        config: PersonFitConfig | None = None) -> dict[str, Any]:  # fmt: skip
+    gt = load_world(world)
+    if not gt.get("person"):
+        return {"world": str(world), "status": "this world has no person"}
+    scene = before_scene(world, gt, scene_ref, preset_name)
+    splats = scene.version().load_splats()
+    change = next(c for c in gt["changes"] if c["id"] == gt["person"]["object_id"])
+    views = true_views(world, gt, change["id"], [im["name"] for im in gt["after"]["images"]])
+    up = up_direction([Pose.from_json(im["cam_from_world"]) for im in gt["before"]["images"]])
+    truth = np.asarray(gt["person"]["keypoints"]["xyz"], np.float64)
+    report: dict[str, Any] = {"world": str(world), "photos_with_person": [v.name for v in views], "runs": {}}
+    runs = {"all": views} | ({v.name: [v] for v in views} if len(views) > 1 else {})
+    for label, sub in runs.items():
+        windows = prepare_windows(splats, sub, MultiViewConfig(), change["box"])
+        t0 = time.perf_counter()
+        fit = fit_person(windows, change["box"], up, splats, config)
+        asset, _, rep = person_asset(fit, windows)
+        secs = time.perf_counter() - t0
+        report["runs"][label] = {
+            "photos": len(sub),
+            **joint_errors(fit.posed.keypoints.numpy(), truth),
+            "silhouette_iou": fit.silhouette_iou,
+            "mean_silhouette_iou": fit.mean_iou,
+            "hypotheses": fit.hypotheses[:3],
+            "phenotype": rep["phenotype"],
+            "seen_fraction": rep["seen_fraction"],
+            "num_gaussians": len(asset),
+            "seconds": secs,
+        }
+    single = [r for k, r in report["runs"].items() if k != "all"]
+    if single:
+        keys = ("mpjpe_mm", "pa_mpjpe_mm", "mean_silhouette_iou", "seconds")
+        report["single_photo_mean"] = {k: float(np.mean([r[k] for r in single])) for k in keys}
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'run':16s} {'photos':>6s} {'MPJPE':>7s} {'all':>7s} {'PA':>7s} {'IoU':>6s} {'s':>6s}"]
+    for k, r in report.get("runs", {}).items():
+        errs = f"{r['mpjpe_mm']:7.1f} {r['mpjpe_all_mm']:7.1f} {r['pa_mpjpe_mm']:7.1f}"
+        lines.append(f"{k:16s} {r['photos']:6d} {errs} {r['mean_silhouette_iou']:6.3f} {r['seconds']:6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("world", nargs="?", type=Path, help="a benchmark world (default: the test fixture)")
+    ap.add_argument("--scene", help="STORE/NAME of the before-scene (default: bootstrapped, cached)")
+    ap.add_argument("--preset", default="default", help="bootstrap preset when the scene is built here")
+    ap.add_argument("--json", type=Path, help="also write the report here")
+    a = ap.parse_args(argv)
+    report = run(a.world or fixture_world(), a.scene, a.preset)
+    print(table(report), file=sys.stderr)
+    emit_report(report, a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

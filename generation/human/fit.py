@@ -1,0 +1,283 @@
+"""Fit the anny body to a person's silhouettes in every photo at once, from several starting hypotheses.
+
+The body is drawn as Gaussians at a fixed subset of its vertices (IDU's differentiable rasterizer, the
+scene's occluders composited in front: ``generation.multiview.composite``), so the silhouette loss
+reaches the pose, the phenotype, the turn about up and the feet's position. Steps:
+
+1. **Hypotheses.** A standing body (and a crouching one when the candidate's box is short) facing each of
+   ``yaws`` directions, feet on the ground under the box's centre, is fitted briefly (turn, position and
+   height only; cheap coverage: the body alone behind the front occluders) and ranked by its mean
+   silhouette IoU over the photos: multi-view consistency.
+2. **Fit.** The ``keep`` best are fitted in full: silhouette loss (soft IoU + BCE of the visible
+   coverage against the mask), ground contact (the soles on the scene's ground under the person, when the
+   splats show one), a pose prior (axis-angles near the standing pose) and a phenotype prior (near the
+   average body). With one photo the prior's weight doubles and the body height prior holds the scale.
+3. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generation.multiview import Window, composite
+from generation.placement import PlacementConfig, _frame, _ground
+from reconstruction.render import render
+from reconstruction.splats import Splats
+
+from .body import ARM_POSES, POSE_BONES, Body, BodyParams, PosedBody, arm_axis_angles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PersonFitConfig:
+    yaws: int = 8
+    """Facing directions tried (every 360 / yaws degrees)."""
+    quick_steps: int = 10
+    """Steps of each hypothesis' brief fit (turn, position, height)."""
+    keep: int = 2
+    """Hypotheses fitted in full."""
+    steps: int = 60
+    """Steps of each full fit."""
+    samples: int = 4000
+    """Points of the body's surface drawn as Gaussians (spread evenly by area)."""
+    sigma_factor: float = 0.4
+    """Their size: this times the mean spacing of the points (larger ones fatten the silhouette)."""
+    crouch_below: float = 1.4
+    """A box lower than this (metres along up) also tries crouching bodies; one higher than
+    ``stand_above`` only standing ones."""
+    stand_above: float = 1.2
+    lr: float = 0.03
+    """Adam learning rate (radians for angles, logits for the phenotype, metres / 10 for the position)."""
+    pose_prior: float = 0.02
+    """Weight of the pose prior (squared axis-angle distance from the standing pose, radians)."""
+    phenotype_prior: float = 0.005
+    """Weight of the phenotype prior (squared logits)."""
+    ground_weight: float = 20.0
+    """Weight of the ground contact (squared gap of the soles, metres)."""
+    bce_weight: float = 0.5
+    """Weight of the silhouette BCE beside the soft IoU."""
+    seed: int = 0
+
+
+@dataclass
+class PersonFit:
+    params: BodyParams
+    posed: PosedBody
+    silhouette_iou: dict[str, float]  # per photo
+    hypotheses: list[dict[str, Any]]  # every fitted start: label, yaw, IoU (best first)
+    ground: float | None  # the ground's height under the person (upright frame), None when unknown
+    seconds: float
+    confidence: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_iou(self) -> float:
+        return float(np.mean(list(self.silhouette_iou.values()))) if self.silhouette_iou else 0.0
+
+
+def body_splats(points: torch.Tensor, sigma: float) -> Splats:
+    """White, nearly opaque round Gaussians of size ``sigma`` at ``points`` [N, 3] (differentiable)."""
+    n = len(points)
+    means = points.float()
+    return Splats(
+        means=means,
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(n, 4),
+        scales=torch.full((n, 3), math.log(sigma)),
+        opacities=torch.full((n,), 3.0),
+        sh0=torch.full((n, 3), 1.0),
+        shN=torch.zeros((n, 0, 3)),
+    )
+
+
+def _cover_fast(win: Window, sp: Splats) -> torch.Tensor:
+    """The body's coverage behind the window's front occluders only (for ranking hypotheses)."""
+    return render(sp, win.camera, win.pose, backend="torch").alpha * (1.0 - win.front_alpha)
+
+
+def _silhouette_loss(cover: torch.Tensor, mask: torch.Tensor, bce_weight: float) -> torch.Tensor:
+    c = cover.clamp(1e-4, 1 - 1e-4)
+    inter = (c * mask).sum()
+    soft_iou = inter / (c.sum() + mask.sum() - inter).clamp_min(1e-6)
+    return (1 - soft_iou) + bce_weight * F.binary_cross_entropy(c, mask)
+
+
+def _iou(cover: torch.Tensor, mask: torch.Tensor) -> float:
+    a, b = cover > 0.5, mask > 0.5
+    u = float((a | b).sum())
+    return float((a & b).sum()) / u if u else 0.0
+
+
+class _Fitter:
+    def __init__(self, body: Body, windows: list[Window], frame: np.ndarray, ground: float | None,
+                 config: PersonFitConfig):  # fmt: skip
+        self.body, self.windows, self.frame, self.ground, self.config = body, windows, frame, ground, config
+        rest = body.pose(BodyParams.standing(), np.eye(3)).vertices.detach()
+        faces = torch.as_tensor(body.faces)
+        a, b, c = (rest[faces[:, k]] for k in range(3))
+        area = 0.5 * torch.linalg.cross(b - a, c - a).norm(dim=1)
+        gen = torch.Generator().manual_seed(config.seed)
+        # points spread evenly over the surface: faces drawn by area, uniform barycentric coordinates
+        self.faces = faces[
+            torch.multinomial(area / area.sum(), config.samples, replacement=True, generator=gen)
+        ]
+        u, v = torch.rand(config.samples, generator=gen), torch.rand(config.samples, generator=gen)
+        flip = u + v > 1
+        u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
+        self.bary = torch.stack([1 - u - v, u, v], 1).to(rest.dtype)
+        self.sigma = config.sigma_factor * math.sqrt(float(area.sum()) / config.samples)
+        self.up = torch.as_tensor(frame[:, 2], dtype=torch.float64)
+        self.standing = BodyParams.standing().pose
+
+    def surface(self, posed: PosedBody) -> torch.Tensor:
+        """The surface sample points [N, 3] of a posed body."""
+        return (posed.vertices[self.faces] * self.bary[..., None]).sum(1)
+
+    def posed(self, p: BodyParams) -> PosedBody:
+        return self.body.pose(p, self.frame)
+
+    def loss(self, p: BodyParams, fast: bool) -> tuple[torch.Tensor, PosedBody]:
+        cfg = self.config
+        posed = self.posed(p)
+        sp = body_splats(self.surface(posed), self.sigma)
+        sil = 0.0
+        for w in self.windows:
+            cover = _cover_fast(w, sp) if fast else composite(w, sp)[1]
+            sil = sil + _silhouette_loss(cover, w.mask, cfg.bce_weight)
+        sil = sil / len(self.windows)
+        prior_w = 2.0 if len(self.windows) == 1 else 1.0
+        loss = sil + prior_w * cfg.pose_prior * ((p.pose - self.standing) ** 2).sum()
+        loss = loss + prior_w * cfg.phenotype_prior * (p.phenotype**2).sum()
+        if self.ground is not None:
+            soles = (posed.vertices @ self.up).min()
+            loss = loss + cfg.ground_weight * (soles - self.ground) ** 2
+        return loss, posed
+
+    def ious(self, p: BodyParams) -> dict[str, float]:
+        with torch.no_grad():
+            sp = body_splats(self.surface(self.posed(p)), self.sigma)
+            return {w.name: _iou(composite(w, sp)[1], w.mask) for w in self.windows}
+
+    def choose_arms(self, p: BodyParams) -> BodyParams:
+        """Each arm set to the configuration of :data:`ARM_POSES` whose silhouettes agree best."""
+        p = p.detached()
+        for side in ("L", "R"):
+            iu, il = POSE_BONES.index(f"upperarm01.{side}"), POSE_BONES.index(f"lowerarm01.{side}")
+            best, best_score = None, -1.0
+            for kind in ARM_POSES:
+                up_aa, low_aa = arm_axis_angles(side, kind)
+                q = p.detached()
+                q.pose[iu], q.pose[il] = torch.as_tensor(up_aa), torch.as_tensor(low_aa)
+                score = self.mean_iou(q, fast=True)
+                if score > best_score:
+                    best, best_score = q, score
+            p = best
+        return p
+
+    def mean_iou(self, p: BodyParams, fast: bool = False) -> float:
+        with torch.no_grad():
+            sp = body_splats(self.surface(self.posed(p)), self.sigma)
+            covers = [(_cover_fast(w, sp) if fast else composite(w, sp)[1], w.mask) for w in self.windows]
+        return float(np.mean([_iou(c, m) for c, m in covers]))
+
+    def run(self, p: BodyParams, steps: int, full: bool) -> BodyParams:
+        p = p.detached()
+        free = [p.yaw, p.feet] + ([p.pose, p.phenotype] if full else [p.phenotype])
+        for t in free:
+            t.requires_grad_(True)
+        groups = [{"params": [p.yaw], "lr": self.config.lr}, {"params": [p.feet], "lr": self.config.lr / 10}]
+        groups.append({"params": [p.pose, p.phenotype] if full else [p.phenotype], "lr": self.config.lr})
+        opt = torch.optim.Adam(groups)
+        mask_height = None if full else torch.zeros(len(p.phenotype), dtype=torch.float64)
+        if mask_height is not None:
+            mask_height[4] = 1.0  # the brief fit moves the height only
+        for _ in range(steps):
+            opt.zero_grad()
+            loss, _ = self.loss(p, fast=True)
+            loss.backward()
+            if mask_height is not None:
+                p.phenotype.grad *= mask_height
+            opt.step()
+        return p.detached()
+
+
+def fit_person(
+    windows: list[Window],
+    box: dict[str, Any],
+    up: np.ndarray,
+    scene: Splats | None = None,
+    config: PersonFitConfig | None = None,
+    body: Body | None = None,
+) -> PersonFit:
+    """Fit the body to the person's masks in ``windows`` (``generation.multiview.prepare_windows`` around
+    the candidate's ``box``); ``up`` is the scene's up direction, ``scene`` its splats (the ground)."""
+    config = config or PersonFitConfig()
+    if not windows:
+        raise ValueError("fit_person: no photo shows the person (every mask is empty)")
+    t0 = time.perf_counter()
+    body = body or Body.load()
+    frame = _frame(np.asarray(up, np.float64), box)
+    centre = np.asarray(box["center"], np.float64)
+    height = float(np.asarray(box["size"], np.float64) @ np.abs(quat_matrix(box).T @ frame[:, 2]))
+    bottom = float(centre @ frame[:, 2]) - height / 2
+    ground = None
+    if scene is not None:
+        radius = 0.5 * float(np.linalg.norm(np.asarray(box["size"])[:2]))
+        g = _ground(scene.to_numpy(), centre, radius, frame, -height / 2 + 0.3, PlacementConfig())
+        if g is not None and abs(g - (-height / 2)) < 0.3:
+            ground = float(centre @ frame[:, 2]) + g
+    foot_h = ground if ground is not None else bottom
+    feet = centre + (foot_h - float(centre @ frame[:, 2])) * frame[:, 2]
+    fitter = _Fitter(body, windows, frame, ground, config)
+
+    starts: list[BodyParams] = []
+    for k in range(config.yaws):
+        yaw = 2 * math.pi * k / config.yaws
+        if height > config.stand_above:
+            starts.append(BodyParams.standing(yaw, feet))
+        if height < config.crouch_below:
+            starts.append(BodyParams.crouching(yaw, feet))
+    ranked = []
+    for s in starts:
+        p = fitter.run(s, config.quick_steps, full=False)
+        ranked.append((float(np.mean(list(fitter.ious(p).values()))), p))
+    ranked.sort(key=lambda x: -x[0])
+    fitted = []
+    for _, p in ranked[: config.keep]:
+        q = fitter.run(fitter.choose_arms(p), config.steps, full=True)
+        ious = fitter.ious(q)
+        fitted.append((float(np.mean(list(ious.values()))), q, ious))
+    fitted.sort(key=lambda x: -x[0])
+    best_iou, best, ious = fitted[0]
+    hyps = [_hypothesis(p, i, True) for i, p, _ in fitted]
+    hyps += [_hypothesis(p, i, False) for i, p in ranked[config.keep :]]
+    with torch.no_grad():
+        posed = fitter.posed(best)
+    # confidence: how well the silhouettes agree, lower with fewer photos
+    confidence = best_iou * min(1.0, 0.5 + 0.2 * len(windows))
+    posed = PosedBody(posed.vertices.detach(), posed.keypoints.detach(), posed.faces)
+    extra = {"phenotype": best.phenotype_values(), "box_height": round(height, 3),
+             "keypoint_names": body.keypoint_names}  # fmt: skip
+    return PersonFit(best, posed, ious, hyps, ground, time.perf_counter() - t0, round(confidence, 4), extra)
+
+
+def _hypothesis(p: BodyParams, iou: float, fitted: bool) -> dict[str, Any]:
+    yaw = round(math.degrees(float(p.yaw)) % 360, 1)
+    return {"start": p.label, "yaw_deg": yaw, "silhouette_iou": round(iou, 4), "fitted": fitted}
+
+
+def quat_matrix(box: dict[str, Any]) -> np.ndarray:
+    from reconstruction.cameras import quat_to_matrix
+
+    return quat_to_matrix(np.asarray(box.get("rotation_wxyz", [1, 0, 0, 0]), np.float64))
+
+
+__all__ = ["PersonFitConfig", "PersonFit", "fit_person", "body_splats", "POSE_BONES"]
