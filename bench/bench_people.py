@@ -55,14 +55,21 @@ def run(world: Path, scene_ref: str | None = None, preset_name: str = "default",
     gt = load_world(world)
     if not gt.get("person"):
         return {"world": str(world), "status": "this world has no person"}
-    scene = before_scene(world, gt, scene_ref, preset_name)
+    return people_on_scene(before_scene(world, gt, scene_ref, preset_name), world, gt, config)
+
+
+def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitConfig | None = None,
+                    single: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The report of :func:`run` on a given before-scene (``single``: also each photo alone)."""
+    if not gt.get("person"):
+        return {"world": str(world), "status": "this world has no person"}
     splats = scene.version().load_splats()
     change = next(c for c in gt["changes"] if c["id"] == gt["person"]["object_id"])
     views = true_views(world, gt, change["id"], [im["name"] for im in gt["after"]["images"]])
     up = up_direction([Pose.from_json(im["cam_from_world"]) for im in gt["before"]["images"]])
     truth = np.asarray(gt["person"]["keypoints"]["xyz"], np.float64)
     report: dict[str, Any] = {"world": str(world), "photos_with_person": [v.name for v in views], "runs": {}}
-    runs = {"all": views} | ({v.name: [v] for v in views} if len(views) > 1 else {})
+    runs = {"all": views} | ({v.name: [v] for v in views} if single and len(views) > 1 else {})
     for label, sub in runs.items():
         windows = prepare_windows(splats, sub, MultiViewConfig(), change["box"])
         t0 = time.perf_counter()

@@ -225,6 +225,7 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     boot["unchanged_scene_on_heldout_after"] = evaluate_on_after(scene, world, gt, heldout)["mean"]
     report["stages"]["bootstrap"] = boot
     hooks = {"register": bench_register, "detect": bench_detect, "assets": bench_assets_stage,
+             "people": bench_people_stage,
              "merge": lambda s, w, g: bench_merge(s, w, g, update_names, heldout),
              "update": lambda s, w, g: {
                  **bench_update(s, w, g, update_names, heldout),
@@ -334,6 +335,19 @@ def bench_assets_stage(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[st
             "psnr_mask_heldout": mean("heldout", "psnr_mask"),
             "psnr_mask_heldout_scene": mean("heldout", "psnr_mask_scene"),
             "seconds_per_object": mean(None, "seconds"), "report": rep}  # fmt: skip
+
+
+def bench_people_stage(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[str, Any]:
+    """bench_people on the world's person: the body fitted to its true masks in every after-photo that
+    shows it (MPJPE, PA-MPJPE, silhouette IoU, seconds)."""
+    from bench.bench_people import people_on_scene
+
+    rep = people_on_scene(scene, world, gt, single=False)
+    if "runs" not in rep:
+        return {"note": rep.get("status", "no person")}
+    r = rep["runs"]["all"]
+    keys = ("photos", "mpjpe_mm", "mpjpe_all_mm", "pa_mpjpe_mm", "mean_silhouette_iou", "seconds")
+    return {k: r[k] for k in keys}
 
 
 def bench_merge(
@@ -519,6 +533,10 @@ def format_table(report: dict[str, Any]) -> str:
                    f"{_num(r['silhouette_iou_heldout'], '.3f')} held out; PSNR in the held-out masks "
                    f"{_num(r['psnr_mask_heldout'])} dB (scene alone {_num(r['psnr_mask_heldout_scene'])}); "
                    f"{_num(r['seconds_per_object'], '.1f')} s per object")  # fmt: skip
+        elif stage == "people" and r["status"] == "ok" and "mpjpe_mm" in r:
+            iou, secs = _num(r["mean_silhouette_iou"], ".3f"), _num(r["seconds"], ".1f")
+            fig = (f"{r['photos']} photos, true masks: MPJPE {_num(r['mpjpe_mm'], '.1f')} mm, PA-MPJPE "
+                   f"{_num(r['pa_mpjpe_mm'], '.1f')} mm, silhouette IoU {iou}, {secs} s")  # fmt: skip
         elif stage == "update" and r["status"] == "ok":
             fig = _update_figures(r)
             if "true_poses" in r:

@@ -135,6 +135,26 @@ def arm_axis_angles(side: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return matrix_axis_angle(upper), matrix_axis_angle(_axis("x", -elbow))
 
 
+#: Stances the fit tries for the legs: (left thigh swung forward, right thigh swung forward, knees bent),
+#: degrees; the feet are kept flat.
+STANCES = {
+    "straight": (0.0, 0.0, 3.0),
+    "left forward": (20.0, -20.0, 12.0),
+    "right forward": (-20.0, 20.0, 12.0),
+}
+
+
+def stance_axis_angles(kind: str) -> dict[str, np.ndarray]:
+    """Axis-angles of the thighs, shins and feet for one of :data:`STANCES`."""
+    left, right, knee = STANCES[kind]
+    out = {}
+    for side, fwd in (("L", left), ("R", right)):
+        out[f"upperleg01.{side}"] = matrix_axis_angle(_axis("x", -fwd))
+        out[f"lowerleg01.{side}"] = matrix_axis_angle(_axis("x", knee))
+        out[f"foot.{side}"] = matrix_axis_angle(_axis("x", fwd - knee))
+    return out
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-4), 1 - 1e-4)
     return math.log(p / (1 - p))

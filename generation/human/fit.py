@@ -1,18 +1,20 @@
 """Fit the anny body to a person's silhouettes in every photo at once, from several starting hypotheses.
 
-The body is drawn as Gaussians at a fixed subset of its vertices (IDU's differentiable rasterizer, the
-scene's occluders composited in front: ``generation.multiview.composite``), so the silhouette loss
-reaches the pose, the phenotype, the turn about up and the feet's position. Steps:
+The body is drawn as round Gaussians at points spread evenly over its surface (IDU's differentiable
+rasterizer, the scene's occluders composited in front: ``generation.multiview.composite``), so the
+silhouette loss reaches the pose, the phenotype, the turn about up and the feet's position. Steps:
 
 1. **Hypotheses.** A standing body (and a crouching one when the candidate's box is short) facing each of
    ``yaws`` directions, feet on the ground under the box's centre, is fitted briefly (turn, position and
    height only; cheap coverage: the body alone behind the front occluders) and ranked by its mean
    silhouette IoU over the photos: multi-view consistency.
-2. **Fit.** The ``keep`` best are fitted in full: silhouette loss (soft IoU + BCE of the visible
+2. **Limbs.** For the ``keep`` best, the legs take the best of :data:`STANCES` and each arm the best of
+   :data:`ARM_POSES` by IoU (a silhouette cannot lift an arm that starts inside the torso).
+3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible
    coverage against the mask), ground contact (the soles on the scene's ground under the person, when the
    splats show one), a pose prior (axis-angles near the standing pose) and a phenotype prior (near the
    average body). With one photo the prior's weight doubles and the body height prior holds the scale.
-3. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer.
+4. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ from generation.placement import PlacementConfig, _frame, _ground
 from reconstruction.render import render
 from reconstruction.splats import Splats
 
-from .body import ARM_POSES, POSE_BONES, Body, BodyParams, PosedBody, arm_axis_angles
+from .body import (
+    ARM_POSES,
+    POSE_BONES,
+    STANCES,
+    Body,
+    BodyParams,
+    PosedBody,
+    arm_axis_angles,
+    stance_axis_angles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +72,9 @@ class PersonFitConfig:
     """Weight of the pose prior (squared axis-angle distance from the standing pose, radians)."""
     phenotype_prior: float = 0.005
     """Weight of the phenotype prior (squared logits)."""
-    ground_weight: float = 20.0
-    """Weight of the ground contact (squared gap of the soles, metres)."""
+    ground_weight: float = 2.0
+    """Weight of the ground contact (squared gap of the soles, metres): gentle, the splats' ground lies a
+    few centimetres off the true one, and the photos show the feet."""
     bce_weight: float = 0.5
     """Weight of the silhouette BCE beside the soft IoU."""
     seed: int = 0
@@ -182,6 +194,18 @@ class _Fitter:
             p = best
         return p
 
+    def choose_stance(self, p: BodyParams) -> BodyParams:
+        """The legs set to the stance of :data:`STANCES` whose silhouettes agree best."""
+        best, best_score = p.detached(), self.mean_iou(p, fast=True)
+        for kind in STANCES:
+            q = p.detached()
+            for bone, aa in stance_axis_angles(kind).items():
+                q.pose[POSE_BONES.index(bone)] = torch.as_tensor(aa)
+            score = self.mean_iou(q, fast=True)
+            if score > best_score:
+                best, best_score = q, score
+        return best
+
     def mean_iou(self, p: BodyParams, fast: bool = False) -> float:
         with torch.no_grad():
             sp = body_splats(self.surface(self.posed(p)), self.sigma)
@@ -196,6 +220,10 @@ class _Fitter:
         groups = [{"params": [p.yaw], "lr": self.config.lr}, {"params": [p.feet], "lr": self.config.lr / 10}]
         groups.append({"params": [p.pose, p.phenotype] if full else [p.phenotype], "lr": self.config.lr})
         opt = torch.optim.Adam(groups)
+        # the full fit ends with small steps (cosine decay to a tenth): the silhouettes pin the joints finely
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: 0.55 + 0.45 * math.cos(math.pi * k / max(steps, 1)) if full else 1.0
+        )
         mask_height = None if full else torch.zeros(len(p.phenotype), dtype=torch.float64)
         if mask_height is not None:
             mask_height[4] = 1.0  # the brief fit moves the height only
@@ -206,6 +234,7 @@ class _Fitter:
             if mask_height is not None:
                 p.phenotype.grad *= mask_height
             opt.step()
+            sched.step()
         return p.detached()
 
 
@@ -252,7 +281,7 @@ def fit_person(
     ranked.sort(key=lambda x: -x[0])
     fitted = []
     for _, p in ranked[: config.keep]:
-        q = fitter.run(fitter.choose_arms(p), config.steps, full=True)
+        q = fitter.run(fitter.choose_arms(fitter.choose_stance(p)), config.steps, full=True)
         ious = fitter.ious(q)
         fitted.append((float(np.mean(list(ious.values()))), q, ious))
     fitted.sort(key=lambda x: -x[0])

@@ -59,7 +59,7 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     reg = report["stages"]["register"]
     assert reg["status"] == "ok" and reg["photos"] == len(update) + len(heldout)
     assert reg["registered"] + len(reg["rejections"]) == reg["photos"]
-    assert reg["registered"] >= 1  # the small world's after-views are hard (README); some register
+    assert reg["registered"] >= 5  # far from every scene photo and under another sun (README)
     assert reg["rotation_deg"]["max"] < 2.0 and reg["centre_pct_of_radius"]["median"] < 5.0
     # detection is benchmarked on the whole after-capture: every change judged, the planter found moved
     det = report["stages"]["detect"]
@@ -76,7 +76,8 @@ def test_run_benchmark_reports_bootstrap_and_lists_missing_stages(bench_world):
     assert abs(mg["heldout_after"]["psnr_outside"] - m["psnr_outside"]) < 0.5
     assert scene.current_version() == 1 and len(scene.versions()) == 1
     table = format_table(report)
-    assert "bootstrap" in table and "missing" in table and "after-photos registered" in table
+    assert "bootstrap" in table and "after-photos registered" in table and "not run" in table
+    assert all(stage in table for stage in report["stages"])  # every stage listed, run or not
     assert "oracle removals" in table and "false candidates" in table
     json.dumps(report)  # serialisable as it is
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import copy_scene
+from .conftest import copy_scene, update_photos
 
 pytestmark = pytest.mark.slow
 IDU = str(Path(sys.executable).with_name("idu"))
@@ -36,9 +36,8 @@ def test_update_on_a_bare_machine_starts_its_own_server(bench_world, tmp_path):
     world, scene = bench_world
     s = copy_scene(scene, tmp_path / "store", "plaza")
     env = bare_env(tmp_path)
-    p = idu(
-        env, "update", s.ref, "--images", world / "after" / "images", "--auto-approve", "--wait", "--json"
-    )
+    photos = update_photos(world, tmp_path / "photos")
+    p = idu(env, "update", s.ref, "--images", photos, "--auto-approve", "--wait", "--json")
     out = json.loads(p.stdout)
     assert out["outcome"] == "merged" and out["version"] == 2 and out["base_version"] == 1
     assert out["photos"]["after_004.png"] == "registered" and out["decisions"][0]["action"] == "approve"
@@ -71,7 +70,7 @@ def test_serve_update_review_runs_and_a_clean_shutdown(bench_world, tmp_path):
         pids = json.loads(state.read_text())["processes"]
         assert set(pids) == {"server", "runner", "ui"}
         started = json.loads(
-            idu(env, "update", s.ref, "--images", world / "after" / "images", "--json").stdout
+            idu(env, "update", s.ref, "--images", update_photos(world, tmp_path / "photos"), "--json").stdout
         )
         run_id = started["run_id"]
         t0 = time.monotonic()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.flows.conftest import copy_scene, final, read_run, signed_in, suspended, wait_for
+from tests.flows.conftest import copy_scene, final, read_run, signed_in, suspended, update_photos, wait_for
 
 PASSWORDS = {"rita": "rita-Secret-4821", "vic": "vic-Secret-9377", "olga": "olga-Secret-5150"}
 ROLES = {"rita": "reviewer", "vic": "viewer", "olga": "operator"}
@@ -41,9 +40,7 @@ def pending(idu_services, bench_world, tmp_path_factory):
 
     world, scene = bench_world
     _cancel_paused_runs()  # the queue holds only this module's runs (other tests may leave one waiting)
-    photos = tmp_path_factory.mktemp("review-photos")
-    for p in sorted((world / "after" / "images").iterdir()):
-        shutil.copy2(p, photos / p.name)
+    photos = update_photos(world, tmp_path_factory.mktemp("review-photos"))
     out = []
     for name in ("ui-first", "ui-second"):
         sc = copy_scene(scene, idu_services.store, name)
@@ -329,13 +326,13 @@ def test_a_reviewer_adjusts_and_approves_one_change_and_rejects_another_in_chrom
 
 
 def test_an_operator_starts_an_update_from_uploaded_photos_and_rolls_the_scene_back(
-    ui, bench_world, idu_services
+    ui, bench_world, idu_services, tmp_path
 ):
     world, scene = bench_world
     sc = copy_scene(scene, idu_services.store, "ui-ops")
     files = [
         ("photos", (p.name, p.read_bytes(), "image/png"))
-        for p in sorted((world / "after" / "images").iterdir())
+        for p in sorted(update_photos(world, tmp_path / "upload").iterdir())
     ]
     rita, csrf = login(ui, "rita")
     r = rita.post("/scenes/ui-ops/update", data={"csrf_token": csrf, "auto_approve": "1"}, files=files)
