@@ -7,6 +7,9 @@ body in a random pose with known 3D keypoints (gt.json ``person``). Inputs are o
 masks in the after-photos at their true poses, the true box (so the fit is judged without detection's
 error). Runs: every after-photo that shows the person together, then each such photo alone.
 
+``--oracle-keypoints`` gives the fit the true keypoints projected into each photo: the figures a perfect
+2D keypoint model would allow (none is shipped; see generation/human/keypoints.py).
+
 Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame), of all 23 (with the feet), PA-MPJPE
 (after the best similarity transform), silhouette IoU per photo, the facing direction found, seconds.
 """
@@ -51,16 +54,31 @@ def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def run(world: Path, scene_ref: str | None = None, preset_name: str = "default",
-        config: PersonFitConfig | None = None) -> dict[str, Any]:  # fmt: skip
+        config: PersonFitConfig | None = None, keypoints: bool = False) -> dict[str, Any]:  # fmt: skip
     gt = load_world(world)
     if not gt.get("person"):
         return {"world": str(world), "status": "this world has no person"}
-    return people_on_scene(before_scene(world, gt, scene_ref, preset_name), world, gt, config)
+    scene = before_scene(world, gt, scene_ref, preset_name)
+    return people_on_scene(scene, world, gt, config, keypoints=keypoints)
+
+
+def oracle_keypoints(gt: dict[str, Any], views) -> dict[str, np.ndarray]:
+    """The person's true COCO keypoints projected into each photo ([17, 3], confidence 1): what a perfect
+    2D keypoint model would give (occluded ones included)."""
+    from reconstruction.cameras import project_points
+
+    X = np.asarray(gt["person"]["keypoints"]["xyz"], np.float64)[:17]
+    out = {}
+    for v in views:
+        uv, _ = project_points(v.camera, v.pose, X)
+        out[v.name] = np.concatenate([uv, np.ones((17, 1))], 1)
+    return out
 
 
 def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitConfig | None = None,
-                    single: bool = True) -> dict[str, Any]:  # fmt: skip
-    """The report of :func:`run` on a given before-scene (``single``: also each photo alone)."""
+                    single: bool = True, keypoints: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The report of :func:`run` on a given before-scene (``single``: also each photo alone;
+    ``keypoints``: with the oracle 2D keypoints of :func:`oracle_keypoints`)."""
     if not gt.get("person"):
         return {"world": str(world), "status": "this world has no person"}
     splats = scene.version().load_splats()
@@ -68,12 +86,15 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
     views = true_views(world, gt, change["id"], [im["name"] for im in gt["after"]["images"]])
     up = up_direction([Pose.from_json(im["cam_from_world"]) for im in gt["before"]["images"]])
     truth = np.asarray(gt["person"]["keypoints"]["xyz"], np.float64)
-    report: dict[str, Any] = {"world": str(world), "photos_with_person": [v.name for v in views], "runs": {}}
+    report: dict[str, Any] = {"world": str(world), "photos_with_person": [v.name for v in views],
+                              "keypoints": "oracle (true 3D keypoints projected)" if keypoints else "none",
+                              "runs": {}}  # fmt: skip
     runs = {"all": views} | ({v.name: [v] for v in views} if single and len(views) > 1 else {})
     for label, sub in runs.items():
         windows = prepare_windows(splats, sub, MultiViewConfig(), change["box"])
         t0 = time.perf_counter()
-        fit = fit_person(windows, change["box"], up, splats, config)
+        kps = oracle_keypoints(gt, sub) if keypoints else None
+        fit = fit_person(windows, change["box"], up, splats, config, keypoints=kps)
         asset, _, rep = person_asset(fit, windows)
         secs = time.perf_counter() - t0
         report["runs"][label] = {
@@ -107,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("world", nargs="?", type=Path, help="a benchmark world (default: the test fixture)")
     ap.add_argument("--scene", help="STORE/NAME of the before-scene (default: bootstrapped, cached)")
     ap.add_argument("--preset", default="default", help="bootstrap preset when the scene is built here")
+    ap.add_argument(
+        "--oracle-keypoints",
+        action="store_true",
+        help="give the fit the true keypoints projected into the photos (a perfect model)",
+    )
     ap.add_argument("--json", type=Path, help="also write the report here")
     a = ap.parse_args(argv)
-    report = run(a.world or fixture_world(), a.scene, a.preset)
+    report = run(a.world or fixture_world(), a.scene, a.preset, keypoints=a.oracle_keypoints)
     print(table(report), file=sys.stderr)
     emit_report(report, a.json)
     return 0

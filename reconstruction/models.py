@@ -36,7 +36,7 @@ class ModelNotAvailable(IDUError):
 @dataclass(frozen=True)
 class ModelSpec:
     hub_id: str
-    kind: str  # dinov2 | clip | triposr | trellis | triplane (IDU's own image-to-3D format)
+    kind: str  # dinov2 | clip | triposr | trellis | triplane (IDU's own image-to-3D format) | vitpose
     licence: str
 
 
@@ -50,6 +50,8 @@ MODELS: dict[str, ModelSpec] = {
     # restrict use.
     "triposr": ModelSpec("stabilityai/TripoSR", "triposr", "MIT"),
     "trellis-image-large": ModelSpec("microsoft/TRELLIS-image-large", "trellis", "MIT"),
+    # 2D keypoints of people (generation/human/keypoints.py)
+    "vitpose-base": ModelSpec("usyd-community/vitpose-base-simple", "vitpose", "Apache-2.0"),
 }
 
 #: kind -> the file that marks a model folder of that kind (every other kind: ``config.json``).

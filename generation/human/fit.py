@@ -77,6 +77,10 @@ class PersonFitConfig:
     few centimetres off the true one, and the photos show the feet."""
     bce_weight: float = 0.5
     """Weight of the silhouette BCE beside the soft IoU."""
+    keypoint_weight: float = 1.0
+    """Weight of the 2D keypoint loss (when keypoints are given)."""
+    keypoint_scale: float = 0.05
+    """Scale of its robust distance, in person heights in the photo."""
     seed: int = 0
 
 
@@ -128,10 +132,24 @@ def _iou(cover: torch.Tensor, mask: torch.Tensor) -> float:
     return float((a & b).sum()) / u if u else 0.0
 
 
+def window_keypoints(keypoints: np.ndarray, win: Window) -> np.ndarray:
+    """Keypoints [K, 3] (x, y, confidence) in a photo's pixels moved into the window's pixels."""
+    out = np.asarray(keypoints, np.float64).copy()
+    out[:, :2] = out[:, :2] * win.scale - np.asarray(win.offset, np.float64)
+    return out
+
+
 class _Fitter:
     def __init__(self, body: Body, windows: list[Window], frame: np.ndarray, ground: float | None,
-                 config: PersonFitConfig):  # fmt: skip
+                 config: PersonFitConfig, keypoints: dict[str, np.ndarray] | None = None):  # fmt: skip
         self.body, self.windows, self.frame, self.ground, self.config = body, windows, frame, ground, config
+        # 2D keypoints per window (window pixels), and the person's height there (the error's unit)
+        self.kps = []
+        for w in windows:
+            k = None if not keypoints or w.name not in keypoints else window_keypoints(keypoints[w.name], w)
+            ys = torch.nonzero(w.mask > 0.5)[:, 0]
+            unit = float(ys.max() - ys.min() + 1) if len(ys) else 1.0
+            self.kps.append(None if k is None else (torch.as_tensor(k[:17]), unit))
         rest = body.pose(BodyParams.standing(), np.eye(3)).vertices.detach()
         faces = torch.as_tensor(body.faces)
         a, b, c = (rest[faces[:, k]] for k in range(3))
@@ -171,7 +189,32 @@ class _Fitter:
         if self.ground is not None:
             soles = (posed.vertices @ self.up).min()
             loss = loss + cfg.ground_weight * (soles - self.ground) ** 2
-        return loss, posed
+        return loss + self.keypoint_loss(posed), posed
+
+    def keypoint_loss(self, posed: PosedBody) -> torch.Tensor | float:
+        """Robust distance (Geman-McClure, scale ``keypoint_scale`` person heights) of the body's COCO
+        keypoints projected into each window from the detected ones, weighted by their confidence."""
+        total, n = 0.0, 0
+        X = posed.keypoints[:17]
+        for w, kp in zip(self.windows, self.kps, strict=True):
+            if kp is None:
+                continue
+            target, unit = kp
+            M = torch.as_tensor(w.pose.matrix(), dtype=X.dtype)
+            K = torch.as_tensor(w.camera.K(), dtype=X.dtype)
+            pc = X @ M[:3, :3].T + M[:3, 3]
+            uv = (pc @ K.T)[:, :2] / pc[:, 2:3].clamp_min(1e-3)
+            d2 = ((uv - target[:, :2]) ** 2).sum(1) / unit**2
+            s2 = self.config.keypoint_scale**2
+            total = total + (target[:, 2] * d2 / (d2 + s2)).sum() / target[:, 2].sum().clamp_min(1e-6)
+            n += 1
+        return self.config.keypoint_weight * total / n if n else 0.0
+
+    def score(self, p: BodyParams, fast: bool = False) -> float:
+        """Mean silhouette IoU, less the keypoint loss when keypoints are given (ranks hypotheses)."""
+        with torch.no_grad():
+            kl = float(self.keypoint_loss(self.posed(p)))
+        return self.mean_iou(p, fast) - kl
 
     def ious(self, p: BodyParams) -> dict[str, float]:
         with torch.no_grad():
@@ -183,12 +226,12 @@ class _Fitter:
         p = p.detached()
         for side in ("L", "R"):
             iu, il = POSE_BONES.index(f"upperarm01.{side}"), POSE_BONES.index(f"lowerarm01.{side}")
-            best, best_score = None, -1.0
+            best, best_score = None, -math.inf
             for kind in ARM_POSES:
                 up_aa, low_aa = arm_axis_angles(side, kind)
                 q = p.detached()
                 q.pose[iu], q.pose[il] = torch.as_tensor(up_aa), torch.as_tensor(low_aa)
-                score = self.mean_iou(q, fast=True)
+                score = self.score(q, fast=True)
                 if score > best_score:
                     best, best_score = q, score
             p = best
@@ -196,12 +239,12 @@ class _Fitter:
 
     def choose_stance(self, p: BodyParams) -> BodyParams:
         """The legs set to the stance of :data:`STANCES` whose silhouettes agree best."""
-        best, best_score = p.detached(), self.mean_iou(p, fast=True)
+        best, best_score = p.detached(), self.score(p, fast=True)
         for kind in STANCES:
             q = p.detached()
             for bone, aa in stance_axis_angles(kind).items():
                 q.pose[POSE_BONES.index(bone)] = torch.as_tensor(aa)
-            score = self.mean_iou(q, fast=True)
+            score = self.score(q, fast=True)
             if score > best_score:
                 best, best_score = q, score
         return best
@@ -245,9 +288,12 @@ def fit_person(
     scene: Splats | None = None,
     config: PersonFitConfig | None = None,
     body: Body | None = None,
+    keypoints: dict[str, np.ndarray] | None = None,
 ) -> PersonFit:
     """Fit the body to the person's masks in ``windows`` (``generation.multiview.prepare_windows`` around
-    the candidate's ``box``); ``up`` is the scene's up direction, ``scene`` its splats (the ground)."""
+    the candidate's ``box``); ``up`` is the scene's up direction, ``scene`` its splats (the ground).
+    ``keypoints``: photo name -> COCO keypoints [17, 3] (x, y in the photo's pixels, confidence), from a
+    keypoint model (``generation.human.keypoints``); they join the loss and rank the hypotheses."""
     config = config or PersonFitConfig()
     if not windows:
         raise ValueError("fit_person: no photo shows the person (every mask is empty)")
@@ -265,7 +311,7 @@ def fit_person(
             ground = float(centre @ frame[:, 2]) + g
     foot_h = ground if ground is not None else bottom
     feet = centre + (foot_h - float(centre @ frame[:, 2])) * frame[:, 2]
-    fitter = _Fitter(body, windows, frame, ground, config)
+    fitter = _Fitter(body, windows, frame, ground, config, keypoints)
 
     starts: list[BodyParams] = []
     for k in range(config.yaws):
@@ -277,17 +323,18 @@ def fit_person(
     ranked = []
     for s in starts:
         p = fitter.run(s, config.quick_steps, full=False)
-        ranked.append((float(np.mean(list(fitter.ious(p).values()))), p))
+        ranked.append((fitter.score(p), p))
     ranked.sort(key=lambda x: -x[0])
     fitted = []
     for _, p in ranked[: config.keep]:
         q = fitter.run(fitter.choose_arms(fitter.choose_stance(p)), config.steps, full=True)
         ious = fitter.ious(q)
-        fitted.append((float(np.mean(list(ious.values()))), q, ious))
+        fitted.append((fitter.score(q), q, ious))
     fitted.sort(key=lambda x: -x[0])
-    best_iou, best, ious = fitted[0]
-    hyps = [_hypothesis(p, i, True) for i, p, _ in fitted]
-    hyps += [_hypothesis(p, i, False) for i, p in ranked[config.keep :]]
+    _, best, ious = fitted[0]
+    best_iou = float(np.mean(list(ious.values())))
+    hyps = [_hypothesis(p, float(np.mean(list(i.values()))), True) for _, p, i in fitted]
+    hyps += [_hypothesis(p, s, False) for s, p in ranked[config.keep :]]
     with torch.no_grad():
         posed = fitter.posed(best)
     # confidence: how well the silhouettes agree, lower with fewer photos
@@ -298,9 +345,12 @@ def fit_person(
     return PersonFit(best, posed, ious, hyps, ground, time.perf_counter() - t0, round(confidence, 4), extra)
 
 
-def _hypothesis(p: BodyParams, iou: float, fitted: bool) -> dict[str, Any]:
+def _hypothesis(p: BodyParams, value: float, fitted: bool) -> dict[str, Any]:
+    """A hypothesis for the report: fitted ones with their silhouette IoU, the others with the score
+    that ranked them out (the IoU after the brief fit, less the keypoint loss)."""
     yaw = round(math.degrees(float(p.yaw)) % 360, 1)
-    return {"start": p.label, "yaw_deg": yaw, "silhouette_iou": round(iou, 4), "fitted": fitted}
+    key = "silhouette_iou" if fitted else "score"
+    return {"start": p.label, "yaw_deg": yaw, key: round(value, 4), "fitted": fitted}
 
 
 def quat_matrix(box: dict[str, Any]) -> np.ndarray:

@@ -202,7 +202,7 @@ def test_bad_candidates_are_refused_with_one_line_naming_them(world, tmp_path):
                                               AssetConfig(**kw))  # fmt: skip
     with pytest.raises(AssetError, match="c1: only added objects"):
         run({**cand, "kind": "removed"})
-    with pytest.raises(AssetError, match="unknown asset backend 'nerf'.*multiview, hull, triplane"):
+    with pytest.raises(AssetError, match="unknown asset backend 'nerf'.*multiview, hull, person, triplane"):
         run(cand, backend="nerf")
     np.save(tmp_path / "detect" / "support" / "bad.npy", np.full((10, 3), np.nan, np.float32))
     with pytest.raises(AssetError, match="NaN"):

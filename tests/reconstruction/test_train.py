@@ -239,7 +239,7 @@ def test_camera_response_learns_exposure_and_vignetting(tmp_path):
     lrs = ("means_lr", "means_lr_final", "scales_lr", "quats_lr", "opacities_lr", "sh0_lr", "shN_lr")
     frozen = dict.fromkeys(lrs, 1e-12)  # only the camera response learns
     cfg = dataclasses.replace(
-        preset("fast", iterations=300), refine_start=10_000, holdout_every=0, sh_degree=1, appearance_lr=0.02,
+        preset("fast", iterations=500), refine_start=10_000, holdout_every=0, sh_degree=1, appearance_lr=0.02,
         ssim_lambda=0.0, **frozen,
     )  # fmt: skip
     _, stats = train_splats(rec, tmp_path / "images", cfg, init=splats, progress=False)
