@@ -32,23 +32,15 @@ from generation.human.person import person_asset
 from generation.multiview import MultiViewConfig, prepare_windows
 from reconstruction.cameras import Pose
 from reconstruction.changes import up_direction
-
-
-def procrustes(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """X [N, 3] moved onto Y [N, 3] by the best similarity transform (scale, rotation, translation)."""
-    mx, my = X.mean(0), Y.mean(0)
-    A, B = X - mx, Y - my
-    U, S, Vt = np.linalg.svd(A.T @ B)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = (U @ D @ Vt).T
-    s = float((S * np.diag(D)).sum() / max((A**2).sum(), 1e-12))
-    return s * A @ R.T + my
+from reconstruction.sfm import umeyama
 
 
 def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """MPJPE over the 17 COCO joints and all, PA-MPJPE over the 17 (millimetres)."""
+    """MPJPE over the 17 COCO joints and all, PA-MPJPE over the 17 after the best similarity (Umeyama)
+    takes the prediction onto the truth (millimetres)."""
     e = np.linalg.norm(pred - truth, axis=1)
-    pa = np.linalg.norm(procrustes(pred[:17], truth[:17]) - truth[:17], axis=1)
+    aligned = umeyama(pred[:17], truth[:17]).apply(pred[:17])
+    pa = np.linalg.norm(aligned - truth[:17], axis=1)
     return {"mpjpe_mm": 1000 * float(e[:17].mean()), "mpjpe_all_mm": 1000 * float(e.mean()),
             "pa_mpjpe_mm": 1000 * float(pa.mean())}  # fmt: skip
 

@@ -241,6 +241,10 @@ class AssetConfig:
     seed: int = 0
     """Seed of every random choice (``regenerate`` asks for another)."""
 
+    def routes_to_person(self, candidate: dict[str, Any]) -> bool:
+        """Whether ``candidate`` goes to the person branch whatever ``backend`` says."""
+        return self.people and candidate.get("label") == "person"
+
 
 def _up(box: dict[str, Any]) -> np.ndarray:
     """The scene's up: change detection's boxes stand upright (their z axis is the cameras' up)."""
@@ -354,7 +358,7 @@ def build_asset(
         and sum(int((np.asarray(v.mask) > 0).any()) for v in views) < config.min_views
     ):
         backend = config.single_view_backend
-    if config.people and candidate.get("label") == "person":
+    if config.routes_to_person(candidate):
         backend = "person"
     known = ("multiview", "hull", "person", *GENERATORS)
     if backend not in known:

@@ -102,7 +102,17 @@ def check_pose(
     (see the module docstring)."""
     config = config or PoseCheckConfig()
     photo, cam = prepare_photo(gray, camera, config.size)
-    score, coverage = agreement(splats, photo, cam, pose, config.sigma)
+    return _against_decoys(
+        splats, photo, cam, pose, agreement(splats, photo, cam, pose, config.sigma), config
+    )
+
+
+def _against_decoys(
+    splats: Splats, photo: torch.Tensor, cam: Camera, pose: Pose, at_pose: tuple[float, float],
+    config: PoseCheckConfig,
+) -> PoseCheck:  # fmt: skip
+    """The check of a prepared photo whose agreement and coverage at ``pose`` are ``at_pose``."""
+    score, coverage = at_pose
     turns = [_turned(pose, np.asarray(axis, float), sign * config.turn_deg)
              for axis in ((1, 0, 0), (0, 1, 0)) for sign in (1, -1)]  # fmt: skip
     decoys = max(agreement(splats, photo, cam, p, config.sigma)[0] for p in turns)
@@ -122,9 +132,13 @@ def best_pose(
     config = config or PoseCheckConfig()
     if not hypotheses:
         return None
-    scores = []
+    prepared: dict[tuple, tuple[torch.Tensor, Camera]] = {}  # hypotheses mostly share the camera
+    keys, scores = [], []
     for camera, pose in hypotheses:
-        photo, cam = prepare_photo(gray, camera, config.size)
-        scores.append(agreement(splats, photo, cam, pose, config.sigma)[0])
-    k = int(np.argmax(scores))
-    return k, check_pose(splats, gray, *hypotheses[k], config)
+        key = (camera.model, camera.width, camera.height, tuple(camera.params))
+        if key not in prepared:
+            prepared[key] = prepare_photo(gray, camera, config.size)
+        keys.append(key)
+        scores.append(agreement(splats, *prepared[key], pose, config.sigma))
+    k = int(np.argmax([s for s, _ in scores]))
+    return k, _against_decoys(splats, *prepared[keys[k]], hypotheses[k][1], scores[k], config)

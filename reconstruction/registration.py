@@ -712,27 +712,18 @@ def _initial_camera(photo: Photo, index: SceneIndex, config: RegistrationConfig)
     return Camera("SIMPLE_RADIAL", w, h, [f, w / 2, h / 2, 0.0]), "unknown", True
 
 
-def _correspondences(index: SceneIndex, desc: np.ndarray, cands: list[tuple[int, float]],
-                     ratio: float) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
-    """2D-3D correspondences of a photo through the tracks of the scene photos ``cands``: (keypoint indices
-    [M], point indices [M], number of 2D-2D matches). A keypoint matched to several points takes the one
-    most of its matches vote for."""
-    votes: dict[int, dict[int, int]] = {}
-    num_matches = 0
-    for i, _ in cands:
-        m = match_descriptors(desc, index.desc[i], ratio)
-        num_matches += len(m)
-        pid = index.point_ids[i][m[:, 1]]
-        for q, p in zip(m[pid >= 0, 0], pid[pid >= 0], strict=True):
-            votes.setdefault(int(q), {}).setdefault(int(p), 0)
-            votes[int(q)][int(p)] += 1
-    q_idx = np.array(sorted(votes), np.int64)
-    p_idx = np.array([max(votes[q].items(), key=lambda kv: kv[1])[0] for q in q_idx], np.int64)
-    return q_idx, p_idx, num_matches
+def _image_correspondences(index: SceneIndex, desc: np.ndarray, i: int,
+                           ratio: float) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """2D-3D correspondences of a photo through the tracks of scene photo ``i``: (keypoint indices [M],
+    point indices [M], number of 2D-2D matches)."""
+    m = match_descriptors(desc, index.desc[i], ratio)
+    pid = index.point_ids[i][m[:, 1]]
+    return m[pid >= 0, 0].astype(np.int64), pid[pid >= 0].astype(np.int64), len(m)
 
 
 def _merge(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Correspondences of several scene photos as one set (a keypoint takes its most voted point)."""
+    """Correspondences through several scene photos as one set: a keypoint matched to several points takes
+    the one most of its matches vote for."""
     votes: dict[int, dict[int, int]] = {}
     for q_idx, p_idx in pairs:
         for q, p in zip(q_idx.tolist(), p_idx.tolist(), strict=True):
@@ -837,10 +828,11 @@ def register_photo(
                       seconds=time.perf_counter() - t0)  # fmt: skip
     query = _global_query(photo, config)
     cands = index.retrieve(desc, config.num_candidates, query)
-    q_idx, p_idx, num_matches = _correspondences(index, desc, cands, config.ratio)
+    per = {i: _image_correspondences(index, desc, i, config.ratio) for i, _ in cands}
+    q_idx, p_idx = _merge([(q, p) for q, p, _ in per.values()])
     details: dict[str, Any] = {
         "retrieved": [index.names[i] for i, _ in cands],
-        "num_matches": num_matches,
+        "num_matches": sum(n for *_, n in per.values()),
         "num_correspondences": len(q_idx),
     }
     camera, how, estimate_focal = _initial_camera(photo, index, config)
@@ -869,12 +861,15 @@ def register_photo(
     # Weakly supported: match more scene photos; a pose from all their correspondences and one from each
     # photo's; the one whose render agrees best with the photo is checked against its decoys.
     cands = index.retrieve(desc, max(config.retry_candidates, config.num_candidates), query)
-    per = [_correspondences(index, desc, [c], config.ratio) for c in cands]
-    q_all, p_all = _merge([(q, p) for q, p, _ in per])
-    details.update(retrieved=[index.names[i] for i, _ in cands], num_matches=sum(n for *_, n in per),
+    for i, _ in cands:  # the first photos were matched already
+        if i not in per:
+            per[i] = _image_correspondences(index, desc, i, config.ratio)
+    pairs = [per[i][:2] for i, _ in cands]
+    q_all, p_all = _merge(pairs)
+    details.update(retrieved=[index.names[i] for i, _ in cands], num_matches=sum(per[i][2] for i, _ in cands),
                    num_correspondences=len(q_all))  # fmt: skip
     solved = [_solve(index, photo, xy, q, p, camera, estimate_focal, config) if len(q) >= 4 else None
-              for q, p in [(q_all, p_all), *((q, p) for q, p, _ in per)]]  # fmt: skip
+              for q, p in [(q_all, p_all), *pairs]]  # fmt: skip
     hyps = [h for h in [sol, *solved] if h is not None]
     most = max(hyps, key=lambda h: h.metrics["num_inliers"], default=None)
     if most is None:

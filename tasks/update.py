@@ -148,7 +148,7 @@ def make_asset(
     config = AssetConfig(**opts, seed=seed)
     if steps is not None:
         config.multiview = MultiViewConfig(steps=steps, seed=seed)
-    backend = "person" if config.people and candidate.get("label") == "person" else config.backend
+    backend = "person" if config.routes_to_person(candidate) else config.backend
     out = work_folder(scene, batch["hash"]) / f"v{version}" / "assets" / f"{backend}-seed{seed}"
     splats = scene_of(scene).version(version).load_splats()
     doc = asset_for_candidate(

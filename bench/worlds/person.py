@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from generation.human.body import anny_available, cache_dir, load_anny
+from generation.human.body import anny_available, axis_rotation, cache_dir, load_anny
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,8 @@ class Person:
 def _rot(axis: str, deg: float):
     import torch
 
-    a = math.radians(deg)
-    c, s = math.cos(a), math.sin(a)
     m = torch.eye(4, dtype=torch.float64)
-    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
-    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    m[:3, :3] = torch.from_numpy(axis_rotation(axis, deg))
     return m
 
 

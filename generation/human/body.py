@@ -107,7 +107,8 @@ def matrix_axis_angle(R: np.ndarray) -> np.ndarray:
     return th * v / (2 * math.sin(th))
 
 
-def _axis(axis: str, deg: float) -> np.ndarray:
+def axis_rotation(axis: str, deg: float) -> np.ndarray:
+    """The rotation [3, 3] by ``deg`` degrees about the frame's ``axis`` (``x``, ``y`` or ``z``)."""
     a = math.radians(deg)
     c, s = math.cos(a), math.sin(a)
     i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
@@ -131,8 +132,8 @@ def arm_axis_angles(side: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(upper arm, lower arm) axis-angles of one of :data:`ARM_POSES` for side ``L`` or ``R``."""
     down, swing, elbow = ARM_POSES[kind]
     sgn = 1.0 if side == "L" else -1.0
-    upper = _axis("x", swing) @ _axis("y", sgn * down)
-    return matrix_axis_angle(upper), matrix_axis_angle(_axis("x", -elbow))
+    upper = axis_rotation("x", swing) @ axis_rotation("y", sgn * down)
+    return matrix_axis_angle(upper), matrix_axis_angle(axis_rotation("x", -elbow))
 
 
 #: Stances the fit tries for the legs: (left thigh swung forward, right thigh swung forward, knees bent),
@@ -149,9 +150,9 @@ def stance_axis_angles(kind: str) -> dict[str, np.ndarray]:
     left, right, knee = STANCES[kind]
     out = {}
     for side, fwd in (("L", left), ("R", right)):
-        out[f"upperleg01.{side}"] = matrix_axis_angle(_axis("x", -fwd))
-        out[f"lowerleg01.{side}"] = matrix_axis_angle(_axis("x", knee))
-        out[f"foot.{side}"] = matrix_axis_angle(_axis("x", fwd - knee))
+        out[f"upperleg01.{side}"] = matrix_axis_angle(axis_rotation("x", -fwd))
+        out[f"lowerleg01.{side}"] = matrix_axis_angle(axis_rotation("x", knee))
+        out[f"foot.{side}"] = matrix_axis_angle(axis_rotation("x", fwd - knee))
     return out
 
 

@@ -1,13 +1,14 @@
 """Fit the anny body to a person's silhouettes in every photo at once, from several starting hypotheses.
 
-The body is drawn as round Gaussians at points spread evenly over its surface (IDU's differentiable
-rasterizer, the scene's occluders composited in front: ``generation.multiview.composite``), so the
-silhouette loss reaches the pose, the phenotype, the turn about up and the feet's position. Steps:
+The body is drawn as round Gaussians at points spread evenly over its surface through IDU's
+differentiable rasterizer, so the silhouette loss reaches the pose, the phenotype, the turn about up and
+the feet's position. The loss sees the body behind the scene's nearer Gaussians only (one render per
+photo); the IoUs that rank and report the fits see every occluder (``generation.multiview.composite``).
+Steps:
 
 1. **Hypotheses.** A standing body (and a crouching one when the candidate's box is short) facing each of
    ``yaws`` directions, feet on the ground under the box's centre, is fitted briefly (turn, position and
-   height only; cheap coverage: the body alone behind the front occluders) and ranked by its mean
-   silhouette IoU over the photos: multi-view consistency.
+   height only) and ranked by its mean silhouette IoU over the photos: multi-view consistency.
 2. **Limbs.** For the ``keep`` best, the legs take the best of :data:`STANCES` and each arm the best of
    :data:`ARM_POSES` by IoU (a silhouette cannot lift an arm that starts inside the torso).
 3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generation.multiview import Window, composite
-from generation.placement import PlacementConfig, _frame, _ground
+from generation.multiview import Window, _box_frame, composite
+from generation.placement import PlacementConfig, _frame, _ground, _iou
 from reconstruction.render import render
 from reconstruction.splats import Splats
 
@@ -115,7 +116,7 @@ def body_splats(points: torch.Tensor, sigma: float) -> Splats:
 
 
 def _cover_fast(win: Window, sp: Splats) -> torch.Tensor:
-    """The body's coverage behind the window's front occluders only (for ranking hypotheses)."""
+    """The body's coverage behind the window's front occluders only (the loss's, and the limbs' choice)."""
     return render(sp, win.camera, win.pose, backend="torch").alpha * (1.0 - win.front_alpha)
 
 
@@ -124,12 +125,6 @@ def _silhouette_loss(cover: torch.Tensor, mask: torch.Tensor, bce_weight: float)
     inter = (c * mask).sum()
     soft_iou = inter / (c.sum() + mask.sum() - inter).clamp_min(1e-6)
     return (1 - soft_iou) + bce_weight * F.binary_cross_entropy(c, mask)
-
-
-def _iou(cover: torch.Tensor, mask: torch.Tensor) -> float:
-    a, b = cover > 0.5, mask > 0.5
-    u = float((a | b).sum())
-    return float((a & b).sum()) / u if u else 0.0
 
 
 def window_keypoints(keypoints: np.ndarray, win: Window) -> np.ndarray:
@@ -174,14 +169,13 @@ class _Fitter:
     def posed(self, p: BodyParams) -> PosedBody:
         return self.body.pose(p, self.frame)
 
-    def loss(self, p: BodyParams, fast: bool) -> tuple[torch.Tensor, PosedBody]:
+    def loss(self, p: BodyParams) -> tuple[torch.Tensor, PosedBody]:
         cfg = self.config
         posed = self.posed(p)
         sp = body_splats(self.surface(posed), self.sigma)
         sil = 0.0
         for w in self.windows:
-            cover = _cover_fast(w, sp) if fast else composite(w, sp)[1]
-            sil = sil + _silhouette_loss(cover, w.mask, cfg.bce_weight)
+            sil = sil + _silhouette_loss(_cover_fast(w, sp), w.mask, cfg.bce_weight)
         sil = sil / len(self.windows)
         prior_w = 2.0 if len(self.windows) == 1 else 1.0
         loss = sil + prior_w * cfg.pose_prior * ((p.pose - self.standing) ** 2).sum()
@@ -210,16 +204,19 @@ class _Fitter:
             n += 1
         return self.config.keypoint_weight * total / n if n else 0.0
 
-    def score(self, p: BodyParams, fast: bool = False) -> float:
-        """Mean silhouette IoU, less the keypoint loss when keypoints are given (ranks hypotheses)."""
+    def score(self, p: BodyParams, fast: bool = False, ious: dict[str, float] | None = None) -> float:
+        """Mean silhouette IoU (``ious`` when already measured), less the keypoint loss when keypoints are
+        given: what ranks the hypotheses."""
         with torch.no_grad():
             kl = float(self.keypoint_loss(self.posed(p)))
-        return self.mean_iou(p, fast) - kl
+        return float(np.mean(list((ious or self.ious(p, fast)).values()))) - kl
 
-    def ious(self, p: BodyParams) -> dict[str, float]:
+    def ious(self, p: BodyParams, fast: bool = False) -> dict[str, float]:
+        """Silhouette IoU per photo (``fast``: behind the front occluders only)."""
         with torch.no_grad():
             sp = body_splats(self.surface(self.posed(p)), self.sigma)
-            return {w.name: _iou(composite(w, sp)[1], w.mask) for w in self.windows}
+            return {w.name: _iou(_cover_fast(w, sp) if fast else composite(w, sp)[1], w.mask)
+                    for w in self.windows}  # fmt: skip
 
     def choose_arms(self, p: BodyParams) -> BodyParams:
         """Each arm set to the configuration of :data:`ARM_POSES` whose silhouettes agree best."""
@@ -249,12 +246,6 @@ class _Fitter:
                 best, best_score = q, score
         return best
 
-    def mean_iou(self, p: BodyParams, fast: bool = False) -> float:
-        with torch.no_grad():
-            sp = body_splats(self.surface(self.posed(p)), self.sigma)
-            covers = [(_cover_fast(w, sp) if fast else composite(w, sp)[1], w.mask) for w in self.windows]
-        return float(np.mean([_iou(c, m) for c, m in covers]))
-
     def run(self, p: BodyParams, steps: int, full: bool) -> BodyParams:
         p = p.detached()
         free = [p.yaw, p.feet] + ([p.pose, p.phenotype] if full else [p.phenotype])
@@ -272,7 +263,7 @@ class _Fitter:
             mask_height[4] = 1.0  # the brief fit moves the height only
         for _ in range(steps):
             opt.zero_grad()
-            loss, _ = self.loss(p, fast=True)
+            loss, _ = self.loss(p)
             loss.backward()
             if mask_height is not None:
                 p.phenotype.grad *= mask_height
@@ -300,12 +291,12 @@ def fit_person(
     t0 = time.perf_counter()
     body = body or Body.load()
     frame = _frame(np.asarray(up, np.float64), box)
-    centre = np.asarray(box["center"], np.float64)
-    height = float(np.asarray(box["size"], np.float64) @ np.abs(quat_matrix(box).T @ frame[:, 2]))
+    centre, size, box_R = _box_frame(box)
+    height = float(size @ np.abs(box_R.T @ frame[:, 2]))
     bottom = float(centre @ frame[:, 2]) - height / 2
     ground = None
     if scene is not None:
-        radius = 0.5 * float(np.linalg.norm(np.asarray(box["size"])[:2]))
+        radius = 0.5 * float(np.linalg.norm(size[:2]))
         g = _ground(scene.to_numpy(), centre, radius, frame, -height / 2 + 0.3, PlacementConfig())
         if g is not None and abs(g - (-height / 2)) < 0.3:
             ground = float(centre @ frame[:, 2]) + g
@@ -329,7 +320,7 @@ def fit_person(
     for _, p in ranked[: config.keep]:
         q = fitter.run(fitter.choose_arms(fitter.choose_stance(p)), config.steps, full=True)
         ious = fitter.ious(q)
-        fitted.append((fitter.score(q), q, ious))
+        fitted.append((fitter.score(q, ious=ious), q, ious))
     fitted.sort(key=lambda x: -x[0])
     _, best, ious = fitted[0]
     best_iou = float(np.mean(list(ious.values())))
@@ -339,7 +330,6 @@ def fit_person(
         posed = fitter.posed(best)
     # confidence: how well the silhouettes agree, lower with fewer photos
     confidence = best_iou * min(1.0, 0.5 + 0.2 * len(windows))
-    posed = PosedBody(posed.vertices.detach(), posed.keypoints.detach(), posed.faces)
     extra = {"phenotype": best.phenotype_values(), "box_height": round(height, 3),
              "keypoint_names": body.keypoint_names}  # fmt: skip
     return PersonFit(best, posed, ious, hyps, ground, time.perf_counter() - t0, round(confidence, 4), extra)
@@ -351,12 +341,6 @@ def _hypothesis(p: BodyParams, value: float, fitted: bool) -> dict[str, Any]:
     yaw = round(math.degrees(float(p.yaw)) % 360, 1)
     key = "silhouette_iou" if fitted else "score"
     return {"start": p.label, "yaw_deg": yaw, key: round(value, 4), "fitted": fitted}
-
-
-def quat_matrix(box: dict[str, Any]) -> np.ndarray:
-    from reconstruction.cameras import quat_to_matrix
-
-    return quat_to_matrix(np.asarray(box.get("rotation_wxyz", [1, 0, 0, 0]), np.float64))
 
 
 __all__ = ["PersonFitConfig", "PersonFit", "fit_person", "body_splats", "POSE_BONES"]
