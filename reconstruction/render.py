@@ -279,8 +279,8 @@ def _render_gsplat(
         far_plane=far,
         sh_degree=degree,
         render_mode="RGB+ED",
-        backgrounds=None if bg is None else bg[None],  # [1, 3]
-    )
+        packed=False,  # per-Gaussian means2d / radii [1, N, ...], which densification reads
+    )  # the background is composited below: gsplat 1.5.3 rejects ``backgrounds`` with RGB+ED when packed
     if info is not None:
         means2d, radii = meta["means2d"], meta["radii"]  # [1, N, 2]; radii [1, N, 2] (1.5) or [1, N]
         if means2d.requires_grad:
@@ -288,4 +288,7 @@ def _render_gsplat(
         r = radii[0].reshape(radii.shape[1], -1).max(-1).values.to(sp.means.dtype)
         info.update(means2d=means2d, visible=r > 0, radii=r)
     # gsplat 1.5.3: colors [1, H, W, 4] (RGB + expected depth), alphas [1, H, W, 1].
-    return colors[0, ..., :3], alphas[0, ..., 0], colors[0, ..., 3]
+    rgb, alpha = colors[0, ..., :3], alphas[0, ..., 0]
+    if bg is not None:
+        rgb = rgb + (1.0 - alpha[..., None]) * bg  # what gsplat's own background would add
+    return rgb, alpha, colors[0, ..., 3]
