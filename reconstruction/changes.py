@@ -23,7 +23,12 @@ clustered (open3d DBSCAN).
 - An added cluster becomes an object by carving its hull on a finer grid (a voxel stays when at least
   ``hull_fraction`` of the photos that see it in front of the scene's surface see it changed); its mask
   in each photo is the hull's footprint on the changed pixels; a photo supports it when the changed
-  pixels cover ``min_coverage`` of the footprint.
+  pixels cover ``min_coverage`` of the footprint. The change maps catch an object's edges and textured
+  parts, not its plain ones, so that hull is a core: each supporting photo's mask is grown from its
+  footprint by GrabCut (the object's colours against the region around it), a hull carved again from
+  the grown masks (visual hull), and each mask cut to that hull's footprint (the box stays the first
+  hull's: a visual hull of a few photos stretches along their rays). An added candidate whose masks lie
+  inside a bigger one's is a part of it.
 - A removed cluster names the scene's Gaussians there that the photos see changed; it is confirmed only
   when rendering the scene without them reveals background (opaque, farther) that agrees better with the
   photos (a shadow or a light change on a wall reveals nothing behind it and is not a removal); its mask
@@ -38,6 +43,7 @@ for reviewers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -113,6 +119,25 @@ class DetectConfig:
     min_coverage: float = 0.3
     """An added object's hull must be seen changed on at least this share of its footprint in a photo
     for that photo to count as supporting it (``min_views`` such photos are needed)."""
+    refine_masks: bool = True
+    """Grow each added object's masks from its hull's footprint by GrabCut (a colour model of the object
+    against the region around it), then carve its hull again from the grown masks (visual hull) so that
+    every photo's mask is the same 3D object: the change maps alone catch the object's edges and
+    textured parts, not its plain ones."""
+    refine_expand: float = 1.0
+    """The region a mask may grow into: the footprint's bounding box widened by this share of its size
+    on every side."""
+    refine_rounds: int = 3
+    """Rounds of growing (the region widens around the mask while the mask reaches its edge) ..."""
+    refine_max_growth: float = 12.0
+    """... stopped before the mask covers more than this many times the footprint (a leak)."""
+    refine_quiet: float = 1.0
+    """Pixels outside the footprint whose change score is below this (the photo agrees with the render
+    as well as unchanged pixels typically do) are certain background: GrabCut's colour model alone leaks
+    into background of the object's colours."""
+    refine_pad: float = 0.5
+    """The hull carved again from the grown masks may reach this share of the first hull's size beyond it
+    on every side (a visual hull of a few photos from similar directions stretches along their rays)."""
     reference_views: int = 4
     """The scene's own photos (nearest first) an added candidate is looked for in ..."""
     min_already_there: float = 0.25
@@ -569,6 +594,7 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         pts = pts[torch.from_numpy(labels == main)]
     masks: dict[str, torch.Tensor] = {}
     coverage: dict[str, float] = {}
+    feet: dict[str, torch.Tensor] = {}
     for ev in evidence:
         foot = _footprint(ev, pts, fine, config.depth_tolerance, front_only=True) & ev.known
         if int(foot.sum()) < 20:
@@ -576,19 +602,139 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         m = foot & _dilate(ev.changed_low, 1)
         coverage[ev.name] = float(m.sum()) / float(foot.sum())
         if coverage[ev.name] >= config.min_coverage:
-            masks[ev.name] = m
+            masks[ev.name], feet[ev.name] = m, foot
     if len(masks) < config.min_views:
         return None
+    refined = None
+    if config.refine_masks:
+        byname = {ev.name: ev for ev in evidence}
+        grown = {n: refine_mask(byname[n], feet[n], config) | masks[n] for n in masks}
+        refined = _carve(grown, evidence, pts, fine, config)
+        if refined is not None:  # the box stays the first hull's: the carved one stretches along rays
+            masks = refined[1]
     box = upright_box(pts.numpy(), up)
     if min(box["size"]) < 1.5 * fine:  # a sheet of voxels: a carving artefact, not a body
         return None
     pix = torch.cat([ev.photo[masks[ev.name]] for ev in evidence if ev.name in masks])
-    support = {"hull_voxels": len(pts), "coverage": {k: round(v, 3) for k, v in coverage.items()}}
+    support = {"hull_voxels": len(pts), "coverage": {k: round(v, 3) for k, v in coverage.items()},
+               "masks": "grown (GrabCut) and carved" if refined is not None else "change maps"}  # fmt: skip
     log.info("added candidate at %s size %s: coverage %s",
              np.round(box["center"], 2), np.round(box["size"], 2), support["coverage"])  # fmt: skip
     return Candidate("", "added", _confidence(fv, keep, len(masks)), box,
                      {k: v.numpy() for k, v in masks.items()}, pts.numpy(), views=sorted(masks),
                      colour=_colour_hist(pix), evidence=support)  # fmt: skip
+
+
+def refine_mask(ev: Evidence, footprint: torch.Tensor, config: DetectConfig) -> torch.Tensor:
+    """An added object's mask [H, W] in this photo, grown from its hull's footprint by GrabCut (OpenCV's
+    colour-model graph cut). Seeds: the footprint's changed core is the object, the footprint probably
+    the object; the rest of the footprint's box widened by ``refine_expand`` probably background, and
+    outside that box certainly background. The parts connected to the footprint are kept. While the mask
+    reaches the box's edge, the box is widened around the mask and the cut made again (``refine_rounds``
+    in all), so a mask can grow to an object several times its footprint; it stops growing when it
+    would cover more than ``refine_max_growth`` times the footprint (leaking into the background). The
+    footprint itself when GrabCut has nothing to work with."""
+    import cv2
+
+    f = footprint.numpy()
+    h, w = f.shape
+    core = (_erode(footprint, 1) & ev.changed).numpy() if ev.changed is not None else np.zeros_like(f)
+    img = np.ascontiguousarray((ev.photo.clamp(0, 1).numpy() * 255).astype(np.uint8)[..., ::-1])
+    quiet = None if ev.score is None else (ev.score < config.refine_quiet).numpy()
+    mask = f
+    for _ in range(config.refine_rounds):
+        ys, xs = np.nonzero(mask)
+        dy = (ys.max() - ys.min() + 1) * config.refine_expand
+        dx = (xs.max() - xs.min() + 1) * config.refine_expand
+        y0, y1 = int(max(0, ys.min() - dy)), int(min(h, ys.max() + 1 + dy))
+        x0, x1 = int(max(0, xs.min() - dx)), int(min(w, xs.max() + 1 + dx))
+        seeds = np.full((h, w), cv2.GC_BGD, np.uint8)
+        seeds[y0:y1, x0:x1] = cv2.GC_PR_BGD
+        if quiet is not None:
+            seeds[quiet] = cv2.GC_BGD
+        seeds[mask] = cv2.GC_PR_FGD
+        seeds[core] = cv2.GC_FGD
+        if not (seeds == cv2.GC_PR_BGD).any():
+            break
+        cv2.setRNGSeed(0)  # GrabCut's k-means starts: the same masks on every run
+        try:
+            cv2.grabCut(img, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:  # pragma: no cover - degenerate colour models
+            break
+        grown = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+        _, labels = cv2.connectedComponents(grown.astype(np.uint8), connectivity=8)
+        keep = np.unique(labels[grown & f])
+        grown = np.isin(labels, keep[keep > 0])
+        if not grown.any() or grown.sum() > config.refine_max_growth * f.sum():
+            break
+        mask = grown
+        ys, xs = np.nonzero(mask)
+        edge = (ys.min() <= y0 and y0 > 0) or (ys.max() >= y1 - 1 and y1 < h)
+        if not (edge or (xs.min() <= x0 and x0 > 0) or (xs.max() >= x1 - 1 and x1 < w)):
+            break
+    return torch.from_numpy(mask)
+
+
+def _carve(grown: dict[str, torch.Tensor], evidence: list[Evidence], pts: torch.Tensor, fine: float,
+           config: DetectConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:  # fmt: skip
+    """The visual hull of the grown masks around the hull ``pts`` (a voxel stays when ``hull_fraction`` of
+    the photos that see it in front of the scene's surface have it inside their mask, or near a changed
+    pixel for the photos without one) and each photo's grown mask cut to the new hull's footprint; None
+    when the grown masks do not agree on a body containing the original hull."""
+    lo, hi = pts.min(0).values.numpy(), pts.max(0).values.numpy()
+    pad = (hi - lo + fine) * config.refine_pad
+    step = fine * max(1.0, (float(np.prod(hi - lo + 2 * pad)) / fine**3 / 2e6) ** (1 / 3))
+    centres, shape = _grid(lo - pad, hi + pad, step)
+    # photos without a grown mask carve too, where they see no change at all (free space)
+    evs = [
+        dataclasses.replace(ev, changed_low=grown.get(ev.name, _dilate(ev.changed_low, 2))) for ev in evidence
+    ]
+    fv = vote(evs, centres, step, config, low=True, front_only=True)
+    keep = _selected(fv, config, config.hull_fraction)
+    if int(keep.sum()) < config.min_voxels:
+        return None
+    labels = np.full(len(centres), -1)
+    labels[keep.numpy()] = _clusters(centres[keep].numpy(), 1.8 * step, 3)
+    # the component(s) holding the original hull's voxels
+    ijk = ((pts.numpy() - (lo - pad)) / step).astype(int).clip(0, np.array(shape) - 1)
+    ids = np.unique(labels[(ijk[:, 0] * shape[1] + ijk[:, 1]) * shape[2] + ijk[:, 2]])
+    ids = ids[ids >= 0]
+    if len(ids) == 0:
+        return None
+    new = centres[torch.from_numpy(np.isin(labels, ids))]
+    masks = {}
+    for ev in evidence:
+        if ev.name not in grown:
+            continue
+        foot = _footprint(ev, new, step, config.depth_tolerance, front_only=True)
+        m = grown[ev.name] & _dilate(foot, 1)
+        if int(m.sum()) >= 20:
+            masks[ev.name] = m
+    if len(masks) < config.min_views:
+        return None
+    return new, masks
+
+
+def _absorb_parts(cands: list[Candidate], overlap: float = 0.5) -> list[Candidate]:
+    """Added candidates whose masks lie mostly (``overlap`` of their pixels, over the photos both are seen
+    in) inside a bigger added candidate's masks are parts of it (two clusters of changed voxels on one
+    object) and are dropped."""
+    added = sorted(
+        (c for c in cands if c.kind == "added"), key=lambda c: -sum(int(m.sum()) for m in c.masks.values())
+    )
+    drop: set[int] = set()
+    for i, small in enumerate(added):
+        for big in added[:i]:
+            if id(big) in drop:
+                continue
+            shared = [n for n in small.masks if n in big.masks]
+            inside = sum(int((small.masks[n] & big.masks[n]).sum()) for n in shared)
+            if shared and inside >= overlap * sum(int(small.masks[n].sum()) for n in shared):
+                log.info("added candidate at %s is part of the one at %s",
+                         np.round(small.box["center"], 2), np.round(big.box["center"], 2))  # fmt: skip
+                drop.add(id(small))
+                break
+    return [c for c in cands if id(c) not in drop]
 
 
 def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch.Tensor, splats: Splats,
@@ -788,7 +934,7 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
                 continue
         if c is not None:
             cands.append(c)
-    cands = _pair_moved(cands, config)
+    cands = _pair_moved(_absorb_parts(cands), config)
     cands.sort(key=lambda c: -c.confidence)
     for k, c in enumerate(cands, 1):
         c.id = f"c{k}"
