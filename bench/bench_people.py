@@ -94,6 +94,10 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
             **joint_errors(fit.posed.keypoints.numpy(), truth),
             "silhouette_iou": fit.silhouette_iou,
             "mean_silhouette_iou": fit.mean_iou,
+            "mean_body_silhouette_iou": float(
+                np.mean(list(fit.extra.get("body_silhouette_iou", {0: np.nan}).values()))
+            ),
+            "clothing": fit.extra.get("clothing"),
             "hypotheses": fit.hypotheses[:3],
             "phenotype": rep["phenotype"],
             "seen_fraction": rep["seen_fraction"],

@@ -255,3 +255,13 @@ class Body:
         return PosedBody(
             (v - origin) @ F_.T + p.feet.to(dt), (kp - origin) @ F_.T + p.feet.to(dt), self.faces
         )
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals [V, 3] (outward for counter-clockwise faces)."""
+    a, b, c = (vertices[faces[:, k]] for k in range(3))
+    fn = np.cross(b - a, c - a)
+    n = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)

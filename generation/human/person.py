@@ -1,7 +1,8 @@
 """A person's asset: the fitted body with the photos' pixels on it, as Gaussians (SyncHuman's structure:
 a 3D-native shape from the body prior, pixel-aligned detail injected from the 2D evidence).
 
-Colours: every vertex of the fitted mesh takes the photos' colours (mapped onto the scene's exposure and
+The mesh is the fitted body with its clothing layer (``PersonFit.clothed_vertices``). Colours: every
+vertex of that mesh takes the photos' colours (mapped onto the scene's exposure and
 white balance) where a photo sees it: in front in that photo's z-buffer of the body, facing the camera,
 inside the person's mask and not behind a scene occluder; photos are weighted by how squarely they see
 the surface. Vertices no photo sees take the colour of the nearest seen vertex. The coloured mesh becomes
@@ -23,18 +24,8 @@ from generation.multiview import Window
 from generation.surface import Mesh, mesh_to_splats
 from reconstruction.splats import Splats
 
-from .body import POSE_BONES
+from .body import POSE_BONES, vertex_normals
 from .fit import PersonFit
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals [V, 3] (outward for counter-clockwise faces)."""
-    a, b, c = (vertices[faces[:, k]] for k in range(3))
-    fn = np.cross(b - a, c - a)
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def _seen_colours(vertices: np.ndarray, normals: np.ndarray, win: Window,
@@ -94,7 +85,7 @@ def colour_vertices(vertices: np.ndarray, faces: np.ndarray, windows: list[Windo
 def person_asset(fit: PersonFit, windows: list[Window], gaussians: int = 20000,
                  seed: int = 0) -> tuple[Splats, dict[str, Any], dict[str, Any]]:  # fmt: skip
     """(Gaussians in the person's frame, placement into the scene, report) from a body fit."""
-    V = fit.posed.vertices.double().numpy()
+    V = fit.clothed_vertices()
     F = np.asarray(fit.posed.faces, np.int64)
     col, seen = colour_vertices(V, F, windows)
     feet = fit.params.feet.detach().double().numpy()
@@ -110,6 +101,8 @@ def person_asset(fit: PersonFit, windows: list[Window], gaussians: int = 20000,
         ),  # fmt: skip
         "hypotheses": fit.hypotheses,
         "fit_silhouette_iou": {k: round(v, 4) for k, v in fit.silhouette_iou.items()},
+        "body_silhouette_iou": {k: round(v, 4) for k, v in fit.extra.get("body_silhouette_iou", {}).items()},
+        "clothing": fit.extra.get("clothing"),
         "confidence": fit.confidence,
         "ground": fit.ground,
         "keypoints": {
