@@ -35,6 +35,10 @@ from reconstruction.changes import up_direction
 from reconstruction.sfm import umeyama
 
 
+def _mean(values: dict[str, float] | None) -> float | None:
+    return float(np.mean(list(values.values()))) if values else None
+
+
 def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """MPJPE over the 17 COCO joints and all, PA-MPJPE over the 17 after the best similarity (Umeyama)
     takes the prediction onto the truth (millimetres)."""
@@ -94,9 +98,7 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
             **joint_errors(fit.posed.keypoints.numpy(), truth),
             "silhouette_iou": fit.silhouette_iou,
             "mean_silhouette_iou": fit.mean_iou,
-            "mean_body_silhouette_iou": float(
-                np.mean(list(fit.extra.get("body_silhouette_iou", {0: np.nan}).values()))
-            ),
+            "mean_body_silhouette_iou": _mean(fit.extra.get("body_silhouette_iou")),
             "clothing": fit.extra.get("clothing"),
             "hypotheses": fit.hypotheses[:3],
             "phenotype": rep["phenotype"],

@@ -608,10 +608,10 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
     refined = None
     if config.refine_masks:
         byname = {ev.name: ev for ev in evidence}
-        grown = {n: refine_mask(byname[n], feet[n], config) | masks[n] for n in masks}
+        grown = {n: refine_mask(byname[n], feet[n], config) | masks[n] for n in masks}  # never below the maps
         refined = _carve(grown, evidence, pts, fine, config)
         if refined is not None:  # the box stays the first hull's: the carved one stretches along rays
-            masks = refined[1]
+            masks = refined
     box = upright_box(pts.numpy(), up)
     if min(box["size"]) < 1.5 * fine:  # a sheet of voxels: a carving artefact, not a body
         return None
@@ -629,7 +629,8 @@ def refine_mask(ev: Evidence, footprint: torch.Tensor, config: DetectConfig) -> 
     """An added object's mask [H, W] in this photo, grown from its hull's footprint by GrabCut (OpenCV's
     colour-model graph cut). Seeds: the footprint's changed core is the object, the footprint probably
     the object; the rest of the footprint's box widened by ``refine_expand`` probably background, and
-    outside that box certainly background. The parts connected to the footprint are kept. While the mask
+    outside that box, or where the photo agrees with the render (score below ``refine_quiet``),
+    certainly background. The parts connected to the footprint are kept. While the mask
     reaches the box's edge, the box is widened around the mask and the cut made again (``refine_rounds``
     in all), so a mask can grow to an object several times its footprint; it stops growing when it
     would cover more than ``refine_max_growth`` times the footprint (leaking into the background). The
@@ -676,11 +677,11 @@ def refine_mask(ev: Evidence, footprint: torch.Tensor, config: DetectConfig) -> 
 
 
 def _carve(grown: dict[str, torch.Tensor], evidence: list[Evidence], pts: torch.Tensor, fine: float,
-           config: DetectConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:  # fmt: skip
-    """The visual hull of the grown masks around the hull ``pts`` (a voxel stays when ``hull_fraction`` of
-    the photos that see it in front of the scene's surface have it inside their mask, or near a changed
-    pixel for the photos without one) and each photo's grown mask cut to the new hull's footprint; None
-    when the grown masks do not agree on a body containing the original hull."""
+           config: DetectConfig) -> dict[str, torch.Tensor] | None:  # fmt: skip
+    """Each photo's grown mask cut to the footprint of the grown masks' visual hull around the hull
+    ``pts`` (a voxel stays when ``hull_fraction`` of the photos that see it in front of the scene's
+    surface have it inside their mask, or near a changed pixel for the photos without one); None when
+    the grown masks do not agree on a body containing the original hull."""
     lo, hi = pts.min(0).values.numpy(), pts.max(0).values.numpy()
     pad = (hi - lo + fine) * config.refine_pad
     step = fine * max(1.0, (float(np.prod(hi - lo + 2 * pad)) / fine**3 / 2e6) ** (1 / 3))
@@ -710,9 +711,7 @@ def _carve(grown: dict[str, torch.Tensor], evidence: list[Evidence], pts: torch.
         m = grown[ev.name] & _dilate(foot, 1)
         if int(m.sum()) >= 20:
             masks[ev.name] = m
-    if len(masks) < config.min_views:
-        return None
-    return new, masks
+    return masks if len(masks) >= config.min_views else None
 
 
 def _absorb_parts(cands: list[Candidate], overlap: float = 0.5) -> list[Candidate]:

@@ -188,9 +188,9 @@ class _Fitter:
         self.up = torch.as_tensor(frame[:, 2], dtype=torch.float64)
         self.standing = BodyParams.standing().pose
 
-    def surface(self, posed: PosedBody) -> torch.Tensor:
-        """The surface sample points [N, 3] of a posed body."""
-        return (posed.vertices[self.faces] * self.bary[..., None]).sum(1)
+    def surface(self, vertices: torch.Tensor) -> torch.Tensor:
+        """The surface sample points [N, 3] of a posed (or clothed) body's vertices [V, 3]."""
+        return (vertices[self.faces] * self.bary[..., None]).sum(1)
 
     def posed(self, p: BodyParams) -> PosedBody:
         return self.body.pose(p, self.frame)
@@ -198,7 +198,7 @@ class _Fitter:
     def loss(self, p: BodyParams) -> tuple[torch.Tensor, PosedBody]:
         cfg = self.config
         posed = self.posed(p)
-        sp = body_splats(self.surface(posed), self.sigma)
+        sp = body_splats(self.surface(posed.vertices), self.sigma)
         sil = 0.0
         for w in self.windows:
             sil = sil + _silhouette_loss(_cover_fast(w, sp), w.mask, cfg.bce_weight)
@@ -240,9 +240,12 @@ class _Fitter:
     def ious(self, p: BodyParams, fast: bool = False) -> dict[str, float]:
         """Silhouette IoU per photo (``fast``: behind the front occluders only)."""
         with torch.no_grad():
-            sp = body_splats(self.surface(self.posed(p)), self.sigma)
-            return {w.name: _iou(_cover_fast(w, sp) if fast else composite(w, sp)[1], w.mask)
-                    for w in self.windows}  # fmt: skip
+            return self._vertex_ious(self.posed(p).vertices, fast)
+
+    def _vertex_ious(self, vertices: torch.Tensor, fast: bool = False) -> dict[str, float]:
+        sp = body_splats(self.surface(vertices), self.sigma)
+        return {w.name: _iou(_cover_fast(w, sp) if fast else composite(w, sp)[1], w.mask)
+                for w in self.windows}  # fmt: skip
 
     def clothing(self, p: BodyParams) -> tuple[np.ndarray, dict[str, float]]:
         """The clothing layer over the body ``p`` (see ``PersonFitConfig.clothing_steps``): (offsets [V] in
@@ -264,7 +267,7 @@ class _Fitter:
         for _ in range(cfg.clothing_steps):
             opt.zero_grad()
             d, Vc = clothed()
-            sp = body_splats((Vc[self.faces] * self.bary[..., None]).sum(1), self.sigma)
+            sp = body_splats(self.surface(Vc), self.sigma)
             sil = sum(_silhouette_loss(_cover_fast(w, sp), w.mask, cfg.bce_weight) for w in self.windows)
             smooth = ((d[edges[:, 0]] - d[edges[:, 1]]) ** 2).mean()
             loss = sil / len(self.windows) + cfg.clothing_smooth * smooth + cfg.clothing_size * (d**2).mean()
@@ -272,9 +275,7 @@ class _Fitter:
             opt.step()
         with torch.no_grad():
             d, Vc = clothed()
-            sp = body_splats((Vc[self.faces] * self.bary[..., None]).sum(1), self.sigma)
-            ious = {w.name: _iou(composite(w, sp)[1], w.mask) for w in self.windows}
-        return d.numpy().astype(np.float64), ious
+            return d.numpy().astype(np.float64), self._vertex_ious(Vc)
 
     def choose_arms(self, p: BodyParams) -> BodyParams:
         """Each arm set to the configuration of :data:`ARM_POSES` whose silhouettes agree best."""
