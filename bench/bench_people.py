@@ -10,8 +10,11 @@ error). Runs: every after-photo that shows the person together, then each such p
 ``--oracle-keypoints`` gives the fit the true keypoints projected into each photo: the figures a perfect
 2D keypoint model would allow (none is shipped; see generation/human/keypoints.py).
 
-Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame), of all 23 (with the feet), PA-MPJPE
-(after the best similarity transform), silhouette IoU per photo, the facing direction found, seconds.
+Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame: the placement's error included), of
+all 23 (with the feet), root-relative MPJPE (the hips' midpoints moved together: Human3.6M's protocol #1,
+what monocular methods report), PA-MPJPE (after the best similarity transform), silhouette IoU per photo
+(the fitted mesh ray-cast through the pixel centres, as the worlds' masks are made), the facing direction
+found, seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bench.bench_assets import before_scene, true_views
 from bench.fixtures import fixture_world
 from bench.runner import emit_report, load_world
 from generation.human.fit import PersonFitConfig, fit_person
+from generation.human.keypoints import COCO17
 from generation.human.person import person_asset
 from generation.multiview import MultiViewConfig, prepare_windows
 from reconstruction.cameras import Pose
@@ -40,12 +44,17 @@ def _mean(values: dict[str, float] | None) -> float | None:
 
 
 def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """MPJPE over the 17 COCO joints and all, PA-MPJPE over the 17 after the best similarity (Umeyama)
-    takes the prediction onto the truth (millimetres)."""
+    """Joint errors in millimetres: MPJPE over the 17 COCO joints and over all (in the scene frame: the
+    body's placement included); root-relative MPJPE over the 17 after moving the prediction's root (the
+    hips' midpoint; COCO has no pelvis) onto the truth's, Human3.6M's protocol #1; PA-MPJPE over the 17
+    after the best similarity (Umeyama) takes the prediction onto the truth."""
     e = np.linalg.norm(pred - truth, axis=1)
+    hips = [COCO17.index("left_hip"), COCO17.index("right_hip")]
+    rooted = pred[:17] - pred[hips].mean(0) + truth[hips].mean(0)
     aligned = umeyama(pred[:17], truth[:17]).apply(pred[:17])
     pa = np.linalg.norm(aligned - truth[:17], axis=1)
     return {"mpjpe_mm": 1000 * float(e[:17].mean()), "mpjpe_all_mm": 1000 * float(e.mean()),
+            "root_mpjpe_mm": 1000 * float(np.linalg.norm(rooted - truth[:17], axis=1).mean()),
             "pa_mpjpe_mm": 1000 * float(pa.mean())}  # fmt: skip
 
 
@@ -108,15 +117,16 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
         }
     single = [r for k, r in report["runs"].items() if k != "all"]
     if single:
-        keys = ("mpjpe_mm", "pa_mpjpe_mm", "mean_silhouette_iou", "seconds")
+        keys = ("mpjpe_mm", "root_mpjpe_mm", "pa_mpjpe_mm", "mean_silhouette_iou", "seconds")
         report["single_photo_mean"] = {k: float(np.mean([r[k] for r in single])) for k in keys}
     return report
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"{'run':16s} {'photos':>6s} {'MPJPE':>7s} {'all':>7s} {'PA':>7s} {'IoU':>6s} {'s':>6s}"]
+    heads = ("MPJPE", "all", "root", "PA")
+    lines = [f"{'run':16s} {'photos':>6s} " + " ".join(f"{h:>7s}" for h in heads) + f" {'IoU':>6s} {'s':>6s}"]
     for k, r in report.get("runs", {}).items():
-        errs = f"{r['mpjpe_mm']:7.1f} {r['mpjpe_all_mm']:7.1f} {r['pa_mpjpe_mm']:7.1f}"
+        errs = " ".join(f"{r[f'{key}_mm']:7.1f}" for key in ("mpjpe", "mpjpe_all", "root_mpjpe", "pa_mpjpe"))
         lines.append(f"{k:16s} {r['photos']:6d} {errs} {r['mean_silhouette_iou']:6.3f} {r['seconds']:6.1f}")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 # Bump when the same seed and config would give different files (it is part of cache keys downstream).
-GENERATOR_VERSION = "idu-worlds-1.0"
+GENERATOR_VERSION = "idu-worlds-1.1"
 
 
 @dataclass(frozen=True)

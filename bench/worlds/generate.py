@@ -339,6 +339,7 @@ def _capture(world: World, geo: dict[str, Geometry], cfg: WorldConfig, out: Path
             "height_m": _r(p.height),
             "phenotype": p.phenotype,
             "pose": p.pose,
+            "clothing": p.clothing,
             "yaw_deg": _r(float(np.degrees(obj.meta["yaw"]))),
             "keypoints": {
                 "format": "coco17+feet (anny KeypointsRegressor.coco)",

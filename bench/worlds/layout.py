@@ -544,7 +544,11 @@ def _sample_spot(rng, area, r, fp: _Footprints, gap=0.5, tries=400, near=None, m
 
 
 def _footprint_radius(parts: list[Part]) -> float:
-    v = np.concatenate([p.vertices for p in parts])
+    return _xy_radius(np.concatenate([p.vertices for p in parts]))
+
+
+def _xy_radius(v: np.ndarray) -> float:
+    """Half the diagonal of the points' bounding box seen from above."""
     return 0.5 * float(np.hypot(*(v[:, :2].max(0) - v[:, :2].min(0))))
 
 
@@ -778,7 +782,9 @@ def build_world(seed: int, with_person: bool = True) -> World:
             )
         else:
             pparts = person_parts(prng, person)
-            r = _footprint_radius(pparts) + 0.2
+            # placed by the body's footprint, not the clothes': the clothes change nothing else in the world
+            body = person.vertices if person.body_vertices is None else person.body_vertices
+            r = _xy_radius(body[np.unique(person.faces)]) + 0.2
             spot = _sample_spot(
                 rng, inner, r, fp, gap=0.6, near=center, max_dist=0.55 * min(hx, hy)
             ) or _sample_spot(rng, inner, r, fp, 0.3)

@@ -63,6 +63,8 @@ class Person:
     phenotype: dict[str, float]
     pose: dict[str, Any] = field(default_factory=dict)  # kind and angles (degrees) of the random pose
     model: str = ""
+    clothing: dict[str, Any] = field(default_factory=dict)  # kind and offsets (metres) of the clothes
+    body_vertices: np.ndarray | None = None  # [V, 3] the body under the clothes (same frame)
 
     @property
     def height(self) -> float:
@@ -173,6 +175,44 @@ def _vertex_parts(model, verts: np.ndarray, keypoints: dict[str, np.ndarray]) ->
     return parts
 
 
+#: Clothes: (kind, probability, {part: (least, most) offset in metres along the body's normals}).
+CLOTHES = [
+    ("fitted", 0.3, {"top": (0.005, 0.012), "sleeve": (0.004, 0.01), "bottom": (0.004, 0.01)}),
+    ("coat", 0.35, {"top": (0.025, 0.045), "sleeve": (0.015, 0.03), "bottom": (0.006, 0.015)}),
+    ("skirt", 0.35, {"top": (0.008, 0.02), "sleeve": (0.005, 0.012), "bottom": (0.006, 0.012)}),
+]
+
+
+def _clothes(rng: np.random.Generator, verts: np.ndarray, faces: np.ndarray, parts: np.ndarray,
+             kp: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """The clothed surface: every vertex moved out along the body's normal by its garment's offset (a
+    skirt flares from the hips to above the knees), smoothed over the mesh so seams do not step."""
+    from .meshes import vertex_normals
+
+    k = rng.choice(len(CLOTHES), p=[c[1] for c in CLOTHES])
+    kind, _, ranges = CLOTHES[k]
+    drawn = {part: float(rng.uniform(*r)) for part, r in ranges.items()}
+    d = np.array([drawn.get(str(p), 0.0) for p in parts])
+    if kind == "skirt":
+        hip = 0.5 * (kp["left_hip"][2] + kp["right_hip"][2])
+        knee = 0.5 * (kp["left_knee"][2] + kp["right_knee"][2])
+        length = float(rng.uniform(0.5, 0.85))  # down to this share of the way to the knees
+        flare = float(rng.uniform(0.05, 0.09))
+        t = (hip - verts[:, 2]) / max(hip - knee, 1e-3)
+        legs = (parts == "bottom") & (t > 0) & (t < length)
+        d[legs] = np.maximum(d[legs], flare * t[legs] / length)
+    # a few rounds of averaging over the mesh's edges: garments, not steps at the part boundaries
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    deg = np.bincount(e[:, 0], minlength=len(d)) + np.bincount(e[:, 1], minlength=len(d))
+    for _ in range(3):
+        acc = np.bincount(e[:, 0], d[e[:, 1]], len(d)) + np.bincount(e[:, 1], d[e[:, 0]], len(d))
+        d = 0.5 * d + 0.5 * acc / np.maximum(deg, 1)
+    d[(parts == "skin") | (parts == "hair") | (parts == "shoes")] = 0.0
+    out = verts + d[:, None] * vertex_normals(verts, faces)
+    return out, {"kind": kind, "offsets_m": {p: round(v, 4) for p, v in drawn.items()},
+                 "max_offset_m": round(float(d.max()), 4)}  # fmt: skip
+
+
 def make_person(rng: np.random.Generator) -> Person | None:
     """A random adult in a random standing pose, or None when anny is not installed.
 
@@ -214,10 +254,14 @@ def make_person(rng: np.random.Generator) -> Person | None:
     )
     verts, kp, bones = verts + shift, kp + shift, bones + shift
     kp_named = dict(zip(regressor.labels, kp, strict=True))
+    parts = _vertex_parts(model, verts, kp_named)
+    # the clothes draw from their own generator (seeded by the body): the rest of the world is unchanged
+    crng = np.random.default_rng(int(1e9 * phen["age"]) ^ int(1e9 * phen["weight"]))
+    clothed, clothing = _clothes(crng, verts, faces, parts, kp_named)
     return Person(
-        vertices=verts,
+        vertices=clothed,
         faces=faces,
-        vertex_parts=_vertex_parts(model, verts, kp_named),
+        vertex_parts=parts,
         keypoint_names=list(regressor.labels),
         keypoints=kp,
         bone_names=list(model.bone_labels),
@@ -225,4 +269,6 @@ def make_person(rng: np.random.Generator) -> Person | None:
         phenotype={k: round(v, 6) for k, v in phen.items()},
         pose=pose,
         model=f"anny {version}",
+        clothing=clothing,
+        body_vertices=verts,
     )

@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench.worlds import WORLD_PRESETS, anny_available, generate_world
+from bench.worlds.person import CLOTHES, make_person
 from reconstruction.cameras import Camera, Pose
 
 # A reduced world: few small views, one sample per pixel (the place itself is the full one).
@@ -365,6 +366,30 @@ def test_person_stands_on_the_ground_with_joints(world, gt):
     assert (np.abs(local) <= np.asarray(b["size"]) / 2 + 0.06).all()
     assert len(p["bones"]["names"]) == len(p["bones"]["xyz"]) > 20
     assert change["visible_in_after"]
+    assert p["clothing"]["kind"] in {kind for kind, *_ in CLOTHES} and p["clothing"]["max_offset_m"] > 0.004
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not anny_available(), reason="anny is not installed")
+def test_person_clothes_stand_off_the_body():
+    from bench.worlds.meshes import vertex_normals
+
+    kinds = set()
+    for seed in range(3):
+        p = make_person(np.random.default_rng(seed))
+        kinds.add(p.clothing["kind"])
+        n = vertex_normals(p.body_vertices, p.faces)
+        moved = p.vertices - p.body_vertices
+        along = (moved * n).sum(1)
+        # straight out along the body's normals, never into it, within the garments' limits
+        assert np.allclose(moved, along[:, None] * n, atol=1e-9) and along.min() >= 0
+        bare = np.isin(p.vertex_parts, ["skin", "hair", "shoes"])
+        assert np.abs(along[bare]).max() == 0.0  # faces, hands, hair and shoes are the body's
+        garment = p.vertex_parts == "top"
+        assert np.median(along[garment]) >= 0.004 and along.max() <= 0.095
+        assert along.max() == pytest.approx(p.clothing["max_offset_m"], abs=1e-4)
+        assert p.height == pytest.approx(float(np.ptp(p.body_vertices[:, 2])), abs=1e-9)  # the body's
+    assert len(kinds) >= 2
 
 
 def test_world_without_person_says_so(tmp_path, capfd):
