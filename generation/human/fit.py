@@ -80,6 +80,9 @@ class PersonFitConfig:
     The true body drawn this way against its own masks (small benchmark world, people 35-230 pixels tall):
     IoU 0.68 at 1 (opacity logit 3), 0.84 at 2, 0.85 at 3; the fit's time grows with the pixels. The
     hypotheses' brief fits (turn, position, height) render at 1."""
+    supersample_below: int = 160
+    """...in photos where the person's mask is shorter than this (pixels); taller ones render at 1 (the
+    blur's pixel is a small part of them, and their pixels cost)."""
     crouch_below: float = 1.4
     """A box lower than this (metres along up) also tries crouching bodies; one higher than
     ``stand_above`` only standing ones."""
@@ -203,12 +206,13 @@ class _Fitter:
                  config: PersonFitConfig, keypoints: dict[str, np.ndarray] | None = None):  # fmt: skip
         self.body, self.windows, self.frame, self.ground, self.config = body, windows, frame, ground, config
         # 2D keypoints per window (window pixels), and the person's height there (the error's unit)
-        self.kps = []
+        self.kps, self.supersample = [], []
         for w in windows:
             k = None if not keypoints or w.name not in keypoints else window_keypoints(keypoints[w.name], w)
             ys = torch.nonzero(w.mask > 0.5)[:, 0]
             unit = float(ys.max() - ys.min() + 1) if len(ys) else 1.0
             self.kps.append(None if k is None else (torch.as_tensor(k[:17]), unit))
+            self.supersample.append(config.supersample if unit < config.supersample_below else 1)
         rest = body.pose(BodyParams.standing(), np.eye(3)).vertices.detach()
         faces = torch.as_tensor(body.faces)
         a, b, c = (rest[faces[:, k]] for k in range(3))
@@ -234,13 +238,13 @@ class _Fitter:
     def posed(self, p: BodyParams) -> PosedBody:
         return self.body.pose(p, self.frame)
 
-    def loss(self, p: BodyParams, supersample: int = 1) -> tuple[torch.Tensor, PosedBody]:
+    def loss(self, p: BodyParams, supersample: bool = False) -> tuple[torch.Tensor, PosedBody]:
         cfg = self.config
         posed = self.posed(p)
         sp = self.splats(posed.vertices)
         sil = 0.0
-        for w in self.windows:
-            sil = sil + _silhouette_loss(_cover_fast(w, sp, supersample), w.mask, cfg.bce_weight)
+        for w, ss in zip(self.windows, self.supersample, strict=True):
+            sil = sil + _silhouette_loss(_cover_fast(w, sp, ss if supersample else 1), w.mask, cfg.bce_weight)
         sil = sil / len(self.windows)
         prior_w = 2.0 if len(self.windows) == 1 else 1.0
         loss = sil + prior_w * cfg.pose_prior * ((p.pose - self.standing) ** 2).sum()
@@ -284,7 +288,8 @@ class _Fitter:
     def _vertex_ious(self, vertices: torch.Tensor, fast: bool = False) -> dict[str, float]:
         if fast:
             sp = self.splats(vertices)
-            return {w.name: _iou(_cover_fast(w, sp, self.config.supersample), w.mask) for w in self.windows}
+            return {w.name: _iou(_cover_fast(w, sp, ss), w.mask)
+                    for w, ss in zip(self.windows, self.supersample, strict=True)}  # fmt: skip
         V = vertices.detach().double().numpy()
         return {w.name: _iou(mesh_cover(w, V, self.body.faces).float(), w.mask) for w in self.windows}
 
@@ -309,8 +314,8 @@ class _Fitter:
             opt.zero_grad()
             d, Vc = clothed()
             sp = self.splats(Vc)
-            sil = sum(_silhouette_loss(_cover_fast(w, sp, cfg.supersample), w.mask, cfg.bce_weight)
-                      for w in self.windows)  # fmt: skip
+            sil = sum(_silhouette_loss(_cover_fast(w, sp, ss), w.mask, cfg.bce_weight)
+                      for w, ss in zip(self.windows, self.supersample, strict=True))  # fmt: skip
             smooth = ((d[edges[:, 0]] - d[edges[:, 1]]) ** 2).mean()
             loss = sil / len(self.windows) + cfg.clothing_smooth * smooth + cfg.clothing_size * (d**2).mean()
             loss.backward()
@@ -364,7 +369,7 @@ class _Fitter:
             mask_height[4] = 1.0  # the brief fit moves the height only
         for _ in range(steps):
             opt.zero_grad()
-            loss, _ = self.loss(p, self.config.supersample if full else 1)
+            loss, _ = self.loss(p, supersample=full)
             loss.backward()
             if mask_height is not None:
                 p.phenotype.grad *= mask_height
