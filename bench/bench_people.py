@@ -2,10 +2,12 @@
 
     python -m bench.bench_people [WORLD_DIR] [--scene STORE/NAME] [--json OUT]
 
-WORLD_DIR defaults to the test fixture (small world, seed 0). The person of a benchmark world is an anny
-body in a random pose with known 3D keypoints (gt.json ``person``). Inputs are oracle: the person's true
-masks in the after-photos at their true poses, the true box (so the fit is judged without detection's
-error). Runs: every after-photo that shows the person together, then each such photo alone.
+WORLD_DIR defaults to the test fixture (small world, seed 0, its person undressed: ``idu bench world --seed 0
+--out DIR`` writes the dressed one, on which the README's figures are taken). The person of a benchmark
+world is an anny body in a random pose with known 3D keypoints (gt.json ``person``). Inputs are oracle:
+the person's true masks in the after-photos at their true poses, the true box (so the fit is judged
+without detection's error). Runs: every after-photo that shows the person together, then each such
+photo alone.
 
 ``--oracle-keypoints`` gives the fit the true keypoints projected into each photo: the figures a perfect
 2D keypoint model would allow (none is shipped; see generation/human/keypoints.py).

@@ -23,7 +23,7 @@ from reconstruction.store import Scene
 from reconstruction.train import preset
 
 from .runner import BENCH_SFM, cache_root, cached_bootstrap
-from .worlds import GENERATOR_VERSION, generate_world
+from .worlds import GENERATOR_VERSION, WORLD_PRESETS, generate_world
 
 FIXTURE_SEED = 0
 FIXTURE_SIZE = "small"
@@ -37,9 +37,11 @@ def fixture_config() -> BootstrapConfig:
 
 
 def fixture_world(root: Path | None = None) -> Path:
-    """The small world of seed 0, generated once per generator version under ``root`` (default: the cache)."""
+    """The small world of seed 0, its person undressed (``WorldConfig.clothes``: the world of generator 1.0,
+    byte for byte, which the stage and flow tests were written for), generated once per generator version
+    under ``root`` (default: the cache)."""
     root = Path(root) if root is not None else cache_root() / "worlds"
-    world = root / f"{FIXTURE_SIZE}-{FIXTURE_SEED}-{GENERATOR_VERSION}"
+    world = root / f"{FIXTURE_SIZE}-{FIXTURE_SEED}-{GENERATOR_VERSION}-bare"
     gt = world / "gt.json"
     if gt.is_file():
         try:
@@ -47,7 +49,8 @@ def fixture_world(root: Path | None = None) -> Path:
                 return world
         except json.JSONDecodeError:
             pass  # a damaged cache entry is regenerated (generate_world replaces it atomically)
-    return generate_world(FIXTURE_SEED, world, FIXTURE_SIZE)
+    config = dataclasses.replace(WORLD_PRESETS[FIXTURE_SIZE], clothes=False)
+    return generate_world(FIXTURE_SEED, world, FIXTURE_SIZE, config)
 
 
 def fixture_world_and_scene(root: Path | None = None) -> tuple[Path, Scene]:
@@ -67,16 +70,18 @@ def render_world_view(
     noise_seed: int = 0,
     light: str | None = None,
     white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    clothes: bool = False,
 ):
     """A photo [H, W, 3] uint8 of world ``seed`` (its ``before`` or ``after`` state; the light of ``light``,
     default the same capture) from any pose, by the world generator's own renderer: new photos for stage
-    tests (e.g. of the unchanged place from a pose no before-view had, under the after-capture's sun)."""
+    tests (e.g. of the unchanged place from a pose no before-view had, under the after-capture's sun).
+    ``clothes``: the person dressed (default: undressed, as in the test fixture)."""
     import numpy as np
 
     from .worlds.layout import build_world
     from .worlds.render import Geometry, Lighting, Photometric, develop, render_radiance
 
-    world = build_world(seed, with_person=capture == "after")
+    world = build_world(seed, with_person=capture == "after", clothes=clothes)
     geo = Geometry(world.objects(capture))
     sun = world.sun_before if (light or capture) == "before" else world.sun_after
     rad = render_radiance(geo, camera, pose, Lighting(sun), 2, 4)

@@ -30,6 +30,9 @@ class WorldConfig:
     """Ambient-occlusion rays per sample (0 turns ambient occlusion off)."""
     person: bool = True
     """Add a person made with anny (a world without anny installed has none and says so on stderr)."""
+    clothes: bool = True
+    """Dress the person (``bench/README.md``); off, the body as anny makes it: the test fixture, whose
+    stage and flow tests were written for generator 1.0's world (this one, byte for byte)."""
     noise: float = 1.0
     """Scale of the sensor noise (0: none)."""
     after_candidates: int = 60

@@ -139,7 +139,7 @@ def generate_world(seed: int, out: Path, size: str = "small", config: WorldConfi
     t_all = t = time.perf_counter()
     tmp = _prepare_out(out)
     try:
-        world = build_world(seed, with_person=cfg.person)
+        world = build_world(seed, with_person=cfg.person, clothes=cfg.clothes)
         geo = _geometries(world, cfg)
         timing["build_world"] = time.perf_counter() - t
         gt = _capture(
@@ -195,7 +195,7 @@ def _render_worker(args) -> None:
 
     torch.set_num_threads(1)
     seed, cfg, jobs, out = args
-    world = build_world(seed, with_person=cfg.person)
+    world = build_world(seed, with_person=cfg.person, clothes=cfg.clothes)
     _render_jobs(world, _geometries(world, cfg), cfg, seed, jobs, Path(out))
 
 

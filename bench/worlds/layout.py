@@ -552,12 +552,13 @@ def _xy_radius(v: np.ndarray) -> float:
     return 0.5 * float(np.hypot(*(v[:, :2].max(0) - v[:, :2].min(0))))
 
 
-def build_world(seed: int, with_person: bool = True) -> World:
+def build_world(seed: int, with_person: bool = True, clothes: bool = True) -> World:
     """The place for ``seed``: static buildings and fixtures, props, changes and the two suns.
 
     Args:
         seed: any int; the same seed always gives the same world.
         with_person: add a person (needs anny; without it the world has none and a line on stderr says so).
+        clothes: dress the person (``bench/worlds/person.py``: ``CLOTHES``).
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1D0]))
     hx, hy = float(rng.uniform(12.0, 15.0)), float(rng.uniform(10.0, 13.0))
@@ -774,7 +775,7 @@ def build_world(seed: int, with_person: bool = True) -> World:
     person_change = None
     if with_person:
         prng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9E5]))
-        person = make_person(prng)
+        person = make_person(prng, clothes)
         if person is None:
             print(
                 "idu bench world: anny is not installed: this world has no person (pip install anny)",

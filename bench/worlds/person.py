@@ -213,11 +213,12 @@ def _clothes(rng: np.random.Generator, verts: np.ndarray, faces: np.ndarray, par
                  "max_offset_m": round(float(d.max()), 4)}  # fmt: skip
 
 
-def make_person(rng: np.random.Generator) -> Person | None:
+def make_person(rng: np.random.Generator, clothes: bool = True) -> Person | None:
     """A random adult in a random standing pose, or None when anny is not installed.
 
     Args:
         rng: the only source of randomness (phenotype and pose).
+        clothes: dress the body (:data:`CLOTHES`); the clothes never change the rest of the world.
     Returns:
         the posed mesh in its own frame (see :class:`Person`), keypoints and bone heads in the same frame.
     """
@@ -256,8 +257,10 @@ def make_person(rng: np.random.Generator) -> Person | None:
     kp_named = dict(zip(regressor.labels, kp, strict=True))
     parts = _vertex_parts(model, verts, kp_named)
     # the clothes draw from their own generator (seeded by the body): the rest of the world is unchanged
-    crng = np.random.default_rng(int(1e9 * phen["age"]) ^ int(1e9 * phen["weight"]))
-    clothed, clothing = _clothes(crng, verts, faces, parts, kp_named)
+    clothed, clothing = verts, {"kind": "none"}
+    if clothes:
+        crng = np.random.default_rng(int(1e9 * phen["age"]) ^ int(1e9 * phen["weight"]))
+        clothed, clothing = _clothes(crng, verts, faces, parts, kp_named)
     return Person(
         vertices=clothed,
         faces=faces,

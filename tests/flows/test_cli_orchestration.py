@@ -89,12 +89,20 @@ def test_serve_update_review_runs_and_a_clean_shutdown(bench_world, tmp_path):
         assert refused.returncode == 1 and "label" in refused.stderr.splitlines()[-1]
         idu(env, "review", "decide", run_id, key, "--action", "approve", "--reviewer", "ana",
             "--translation", "0,0,0.05", "--store", tmp_path / "store")  # fmt: skip
+        decided = {key}
         t0 = time.monotonic()
         while True:
             runs = json.loads(idu(env, "runs", "--store", tmp_path / "store", "--json").stdout)["runs"]
             mine = next(r for r in runs if r["run_id"] == run_id)
             if mine["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
+            # the run waits for a decision on every change it found: the others are rejected
+            listed = json.loads(idu(env, "review", "list", "--store", tmp_path / "store", "--json").stdout)
+            for r in listed["reviews"]:
+                if r["run_id"] == run_id and r["key"] not in decided:
+                    decided.add(r["key"])
+                    idu(env, "review", "decide", run_id, r["key"], "--action", "reject", "--reviewer", "ana",
+                        "--store", tmp_path / "store")  # fmt: skip
             assert time.monotonic() - t0 < 300
             time.sleep(2)
         assert mine["state"] == "Completed" and mine["flow"] == "update-scene"
