@@ -81,7 +81,7 @@ class PersonFitConfig:
     """Opacity logit of each of those Gaussians (0: 0.5; overlapping, they make the inside opaque)."""
     supersample: int = 2
     """The loss's silhouettes are rendered at this many times the window's resolution and averaged down.
-    The true body drawn this way against its own masks (small benchmark world, people 35-230 pixels tall):
+    The true body drawn this way against its own masks (small benchmark world, people 51-129 pixels tall):
     IoU 0.68 at 1 (opacity logit 3), 0.84 at 2, 0.85 at 3; the fit's time grows with the pixels. The
     hypotheses' brief fits (turn, position, height) render at 1."""
     supersample_below: int = 160
@@ -164,31 +164,34 @@ def body_splats(points: torch.Tensor, sigma: float, opacity: float = 3.0) -> Spl
 def _cover_fast(win: Window, sp: Splats, supersample: int = 1) -> torch.Tensor:
     """The body's coverage [h, w] behind the window's front occluders only (the loss's, and the limbs'
     choice), rendered at ``supersample`` times the window's resolution and averaged down."""
-    if supersample <= 1:
-        return render(sp, win.camera, win.pose, backend="torch").alpha * (1.0 - win.front_alpha)
-    cam = win.camera.scaled(supersample)
+    cam = win.camera.scaled(supersample) if supersample > 1 else win.camera
     a = render(sp, cam, win.pose, backend="torch").alpha
-    a = F.interpolate(a[None, None], size=tuple(win.front_alpha.shape), mode="area")[0, 0]
+    if supersample > 1:
+        a = F.interpolate(a[None, None], size=tuple(win.front_alpha.shape), mode="area")[0, 0]
     return a * (1.0 - win.front_alpha)
 
 
-def mesh_cover(win: Window, vertices: np.ndarray, faces: np.ndarray) -> torch.Tensor:
-    """Where the mesh ``vertices`` [V, 3], ``faces`` [F, 3] is seen in the window [h, w] bool: a pixel is in
-    when the ray through its centre hits the mesh (as the benchmark worlds' masks are made) and the scene's
-    nearer Gaussians leave it more than half visible."""
+def mesh_covers(windows: list[Window], vertices: np.ndarray, faces: np.ndarray) -> list[torch.Tensor]:
+    """Where the mesh ``vertices`` [V, 3], ``faces`` [F, 3] is seen in each window ([h, w] bool): a pixel is
+    in when the ray through its centre hits the mesh (as the benchmark worlds' masks are made) and the
+    scene's nearer Gaussians leave it more than half visible. The mesh's ray-casting structure is built
+    once for all the windows."""
     import open3d as o3d
 
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(np.asarray(vertices, np.float32)),
                         o3d.core.Tensor(np.asarray(faces, np.uint32)))  # fmt: skip
-    cam = win.camera
-    K, M = cam.K(), win.pose.matrix()
-    u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
-    dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ M[:3, :3]
-    origin = np.broadcast_to(-M[:3, :3].T @ M[:3, 3], dirs.shape)
-    rays = o3d.core.Tensor(np.concatenate([origin, dirs], -1).astype(np.float32))
-    hit = torch.from_numpy(np.isfinite(scene.cast_rays(rays)["t_hit"].numpy()))
-    return hit & (win.front_alpha < 0.5)
+    out = []
+    for win in windows:
+        cam = win.camera
+        K, M = cam.K(), win.pose.matrix()
+        u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+        dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ M[:3, :3]
+        origin = np.broadcast_to(-M[:3, :3].T @ M[:3, 3], dirs.shape)
+        rays = o3d.core.Tensor(np.concatenate([origin, dirs], -1).astype(np.float32))
+        hit = torch.from_numpy(np.isfinite(scene.cast_rays(rays)["t_hit"].numpy()))
+        out.append(hit & (win.front_alpha < 0.5))
+    return out
 
 
 def _silhouette_loss(cover: torch.Tensor, mask: torch.Tensor, bce_weight: float) -> torch.Tensor:
@@ -285,7 +288,7 @@ class _Fitter:
         return float(np.mean(list((ious or self.ious(p, fast)).values()))) - kl
 
     def ious(self, p: BodyParams, fast: bool = False) -> dict[str, float]:
-        """Silhouette IoU per photo: exact (:func:`mesh_cover`), or ``fast`` from the loss's splats."""
+        """Silhouette IoU per photo: exact (:func:`mesh_covers`), or ``fast`` from the loss's splats."""
         with torch.no_grad():
             return self._vertex_ious(self.posed(p).vertices, fast)
 
@@ -294,8 +297,8 @@ class _Fitter:
             sp = self.splats(vertices)
             return {w.name: _iou(_cover_fast(w, sp, ss), w.mask)
                     for w, ss in zip(self.windows, self.supersample, strict=True)}  # fmt: skip
-        V = vertices.detach().double().numpy()
-        return {w.name: _iou(mesh_cover(w, V, self.body.faces).float(), w.mask) for w in self.windows}
+        covers = mesh_covers(self.windows, vertices.detach().double().numpy(), self.body.faces)
+        return {w.name: _iou(c.float(), w.mask) for w, c in zip(self.windows, covers, strict=True)}
 
     def clothing(self, p: BodyParams) -> tuple[np.ndarray, dict[str, float]]:
         """The clothing layer over the body ``p`` (see ``PersonFitConfig.clothing_steps``): (offsets [V] in

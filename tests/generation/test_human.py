@@ -167,7 +167,7 @@ def test_a_clothing_layer_widens_the_silhouette_without_moving_the_body(person_i
     truth, the clothing layer's offsets grow there and stay small elsewhere, and the silhouettes agree
     better than the bare body's."""
     from generation.human.body import Body, BodyParams, vertex_normals
-    from generation.human.fit import _Fitter, mesh_cover
+    from generation.human.fit import _Fitter, mesh_covers
     from generation.placement import _frame
 
     splats, change, views, _ = person_inputs
@@ -185,8 +185,8 @@ def test_a_clothing_layer_widens_the_silhouette_without_moving_the_body(person_i
     skirt = (rel > 0.3) & (rel < 0.52)
     n = torch.as_tensor(vertex_normals(V.numpy(), body.faces))
     clothed = V + 0.06 * skirt[:, None] * n
-    for w in windows:  # the skirted body's masks, made as the benchmark worlds make them
-        w.mask = mesh_cover(w, clothed.numpy(), body.faces).float()
+    for w, m in zip(windows, mesh_covers(windows, clothed.numpy(), body.faces), strict=True):
+        w.mask = m.float()  # the skirted body's masks, made as the benchmark worlds make them
     bare = np.mean(list(fitter.ious(p).values()))
     offsets, ious = fitter.clothing(p)
     dressed = np.mean(list(ious.values()))
