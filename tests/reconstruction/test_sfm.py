@@ -18,6 +18,8 @@ from reconstruction.sfm import (
     align_to_reference,
     alignment_residuals,
     choose_matcher,
+    explained_observations,
+    prune_view_graph,
     read_sfm_stats,
     run_sfm,
     umeyama,
@@ -78,6 +80,49 @@ def test_sfm_resumes_and_reuses_a_finished_run(capture, tmp_path):
     assert rec.num_reg_images() == 10
     new_log = (out / "colmap.log").read_text()[log_size:]
     assert new_log.count("Features for image were already extracted") == 10  # COLMAP skipped them
+
+
+def test_sfm_maps_pruned_view_graphs_and_keeps_the_model_that_explains_most(capture, tmp_path):
+    stats = read_sfm_stats(capture / "sfm")
+    trials = stats["graph_trials"]
+    assert trials[0]["top_k"] is None and sum(t["chosen"] for t in trials) == 1
+    chosen = next(t for t in trials if t["chosen"])
+    best = max(trials, key=lambda t: (t["registered"], t["explained_observations"]))
+    assert (chosen["registered"], chosen["explained_observations"]) == (
+        best["registered"], best["explained_observations"],
+    )  # fmt: skip
+
+    # pruning: each photo keeps its best pairs, strong pairs stay, the source database is left alone
+    db = pycolmap.Database.open(str(capture / "sfm" / "database.db"))
+    ids, geoms = db.read_two_view_geometries()
+    db.close()
+    inliers = {pid: g.inlier_matches.shape[0] for pid, g in zip(ids, geoms, strict=True)}
+    kept, dropped = prune_view_graph(capture / "sfm" / "database.db", tmp_path / "pruned.db", 2, 10**6)
+    assert kept + dropped == len(inliers) and dropped > 0
+    db = pycolmap.Database.open(str(tmp_path / "pruned.db"))
+    left = {pid: g.inlier_matches.shape[0] for pid, g in zip(*db.read_two_view_geometries(), strict=True)}
+    db.close()
+    assert len(left) == kept
+    for image in range(1, 11):
+        mine = sorted((n for pid, n in inliers.items() if image in pycolmap.pair_id_to_image_pair(pid)))
+        theirs = sorted(n for pid, n in left.items() if image in pycolmap.pair_id_to_image_pair(pid))
+        assert theirs[-2:] == mine[-2:]
+    db = pycolmap.Database.open(str(capture / "sfm" / "database.db"))
+    assert len(db.read_two_view_geometries()[0]) == len(inliers)
+    db.close()
+
+    # the score: a camera tilted by 2 degrees explains fewer of the matches than the mapped one
+    rec = pycolmap.Reconstruction(str(capture / "sfm" / "sparse" / "0"))
+    db_path, cfg = capture / "sfm" / "database.db", SfMConfig()
+    good = explained_observations(rec, db_path, capture / "images", tmp_path / "w", cfg)
+    assert good >= 0.9 * sum(p.track.length() for p in rec.points3D.values())
+    bent = pycolmap.Reconstruction(rec)
+    image = bent.image(next(iter(bent.reg_image_ids())))
+    pose = image.cam_from_world()
+    half = np.radians(2.0) / 2
+    tilt = pycolmap.Rotation3d(np.array([np.sin(half), 0.0, 0.0, np.cos(half)]))  # xyzw, about the camera's x
+    bent.frame(image.frame_id).rig_from_world = pycolmap.Rigid3d(tilt * pose.rotation, pose.translation)
+    assert explained_observations(bent, db_path, capture / "images", tmp_path / "w", cfg) < 0.97 * good
 
 
 def test_sfm_vocabulary_tree_matching_and_incremental_mapping(capture, tmp_path):
