@@ -93,6 +93,22 @@ def resolve_input(path: Path) -> tuple[Path, Path | None]:
     raise SystemExit(f"error: {path}: no photos (expected before/images/, images/ or image files)")
 
 
+def rotation_errors(rec, gt: Path) -> dict:
+    """Angles (degrees) between the aligned model's camera rotations and the true ones: median and max."""
+    from reconstruction.bootstrap import read_reference_poses
+    from reconstruction.cameras import model_images
+
+    truth = read_reference_poses(gt)
+    errs = []
+    for e in model_images(rec):
+        if e.name in truth:
+            d = e.cam_from_world.R @ truth[e.name][0].R.T
+            errs.append(float(np.degrees(np.arccos(np.clip((np.trace(d) - 1) / 2, -1, 1)))))
+    if not errs:
+        return {"rotation_median_deg": None, "rotation_max_deg": None}
+    return {"rotation_median_deg": float(np.median(errs)), "rotation_max_deg": float(np.max(errs))}
+
+
 def run(
     path: Path, preset_name: str = "default", iterations: int | None = None, max_side: int | None = None,
     work: Path | None = None, progress: bool = True,
@@ -117,7 +133,7 @@ def run(
         if gt is not None:
             ref = read_reference_centres(gt)
             sim3, rec, _ = align_to_reference(rec, None, ref)
-            align = {"scale": sim3.scale, **alignment_residuals(rec, ref)}
+            align = {"scale": sim3.scale, **alignment_residuals(rec, ref), **rotation_errors(rec, gt)}
         cfg = preset(preset_name, iterations=iterations, max_side=max_side)
         t0 = time.perf_counter()
         _, stats = train_splats(rec, images, cfg, progress=progress)
