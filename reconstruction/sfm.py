@@ -1,11 +1,12 @@
-"""Structure-from-motion for a new scene: pycolmap SIFT, matching chosen by image count, incremental mapping.
+"""Structure-from-motion for a new scene: pycolmap SIFT, matching chosen by image count, then mapping.
 
 A plain stage over files (hloc style): :func:`run_sfm` writes into ``out_dir``::
 
     out_dir/
       database.db      COLMAP database (features, matches); an interrupted run resumes from it
       vocab_tree.bin   retrieval index built from the photos' own descriptors (vocabulary-tree matching)
-      mapping/N/       every model the incremental mapper produced
+      mapping/N/       every model the mapper produced
+      mapping/trialK/  the models mapped again on pruned view graphs (SfMConfig.graph_trials)
       sparse/0/        the largest model (COLMAP binary), what the next stages read
       sfm.json         what was done: images, matcher, registered count, timings
       colmap.log       COLMAP's own chatter
@@ -101,8 +102,8 @@ class SfMConfig:
     or repeated bricks and windows) can bend a model that still reprojects to a fraction of a pixel: on the
     30-photo 320x240 benchmark world the full graph's model failed to close its walk-around loop by 1.9
     degrees of yaw. Of the full graph's model and these, the one whose poses explain the most matched
-    observations (all matches triangulated again with each model's poses) is kept; sfm.json lists them.
-    Empty: map once."""
+    observations (all matches triangulated again with each model's poses, reprojecting within 1 px) is
+    kept; sfm.json lists them. Empty: map once."""
     graph_trials_max_images: int = 150
     """Photo count above which mapping runs once (each trial maps the whole set again)."""
     min_registered: int = 3
@@ -386,19 +387,21 @@ def _graph_trials(
 ) -> tuple[pycolmap.Reconstruction, list[dict[str, Any]]]:
     """Map again on pruned view graphs (``config.graph_trials``) and keep, of these models and ``rec``, the
     one whose poses explain the most matched observations (most photos registered first)."""
-    candidates = [(rec, {"top_k": None, "keep_above": None, "pairs_dropped": 0})]
+    candidates = [(rec, {"top_k": None, "keep_above": None, "pairs_kept": None, "pairs_dropped": 0})]
     for i, (top_k, keep_above) in enumerate(config.graph_trials):
         trial = mapping / f"trial{i}"
         trial.mkdir(parents=True, exist_ok=True)
         kept, dropped = prune_view_graph(database, trial / "database.db", top_k, keep_above)
-        info = {"top_k": top_k, "keep_above": keep_above, "pairs_dropped": dropped}
-        if not dropped:
-            continue  # the same graph as the full run
+        info = {"top_k": top_k, "keep_above": keep_above, "pairs_kept": kept, "pairs_dropped": dropped}
         try:
+            if not dropped:
+                continue  # the same graph as the full run
             models = _map(trial / "database.db", image_dir, trial, config, n_min, device)
         except Exception as e:  # a pruned graph may not map; the full one did
             log.info("SfM: view-graph trial %s failed (%s)", info, e)
             continue
+        finally:
+            (trial / "database.db").unlink()  # a copy of the features: large for many photos
         if models:
             best = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
             candidates.append((best, info))

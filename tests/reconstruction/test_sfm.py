@@ -86,6 +86,7 @@ def test_sfm_maps_pruned_view_graphs_and_keeps_the_model_that_explains_most(capt
     stats = read_sfm_stats(capture / "sfm")
     trials = stats["graph_trials"]
     assert trials[0]["top_k"] is None and sum(t["chosen"] for t in trials) == 1
+    assert not list((capture / "sfm" / "mapping").glob("trial*/database.db"))  # the copies are gone
     chosen = next(t for t in trials if t["chosen"])
     best = max(trials, key=lambda t: (t["registered"], t["explained_observations"]))
     assert (chosen["registered"], chosen["explained_observations"]) == (
