@@ -95,15 +95,13 @@ def resolve_input(path: Path) -> tuple[Path, Path | None]:
 
 def rotation_errors(rec, gt: Path) -> dict:
     """Angles (degrees) between the aligned model's camera rotations and the true ones: median and max."""
+    from bench.runner import rotation_error_deg
     from reconstruction.bootstrap import read_reference_poses
     from reconstruction.cameras import model_images
 
     truth = read_reference_poses(gt)
-    errs = []
-    for e in model_images(rec):
-        if e.name in truth:
-            d = e.cam_from_world.R @ truth[e.name][0].R.T
-            errs.append(float(np.degrees(np.arccos(np.clip((np.trace(d) - 1) / 2, -1, 1)))))
+    entries = [e for e in model_images(rec) if e.name in truth]
+    errs = [rotation_error_deg(e.cam_from_world, truth[e.name][0]) for e in entries]
     if not errs:
         return {"rotation_median_deg": None, "rotation_max_deg": None}
     return {"rotation_median_deg": float(np.median(errs)), "rotation_max_deg": float(np.max(errs))}
