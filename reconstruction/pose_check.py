@@ -61,7 +61,7 @@ class PoseCheck:
                 "coverage": round(self.coverage, 3), "passed": self.passed}  # fmt: skip
 
 
-def _turned(pose: Pose, axis: np.ndarray, deg: float) -> Pose:
+def turned(pose: Pose, axis: np.ndarray, deg: float) -> Pose:
     """``pose`` turned by ``deg`` about ``axis`` (camera frame) through the camera centre."""
     a = np.radians(deg)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
@@ -113,7 +113,7 @@ def _against_decoys(
 ) -> PoseCheck:  # fmt: skip
     """The check of a prepared photo whose agreement and coverage at ``pose`` are ``at_pose``."""
     score, coverage = at_pose
-    turns = [_turned(pose, np.asarray(axis, float), sign * config.turn_deg)
+    turns = [turned(pose, np.asarray(axis, float), sign * config.turn_deg)
              for axis in ((1, 0, 0), (0, 1, 0)) for sign in (1, -1)]  # fmt: skip
     decoys = max(agreement(splats, photo, cam, p, config.sigma)[0] for p in turns)
     passed = (coverage >= config.min_coverage and score >= config.min_agreement

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 
 from .cameras import Camera, Pose, model_images, project_points
 from .errors import IDUError, SceneFormatError
-from .pose_check import PoseCheckConfig, best_pose, check_pose
+from .pose_check import PoseCheckConfig, best_pose, check_pose, turned
 from .sfm import SfMConfig, colmap_log, run_sfm
 from .splats import Splats
 
@@ -116,6 +116,17 @@ class RegistrationConfig:
     scene rendered at it looks like the photo (``pose_check``; 0: never)."""
     pose_check: PoseCheckConfig = field(default_factory=PoseCheckConfig)
     """How the render check judges a weakly supported pose (``reconstruction.pose_check``)."""
+    refine_above_deg: float = 0.1
+    """A registered pose whose rotation is less certain than this (degrees: one standard deviation, from
+    its inliers' geometry and residuals) is refined by guided matching (0: never)."""
+    guided_radii: tuple[float, ...] = (0.02, 0.01, 0.005)
+    """Search radii of guided matching, as fractions of the photo's longer side, one round each."""
+    guided_min_radius_px: float = 3.0
+    """...but never below this many pixels (keypoints and scene points are each off by about a pixel)."""
+    guided_ratio: float = 0.8
+    """Ratio test of guided matching: against the best descriptor of another point within the radius."""
+    guided_max_distance: float = 0.75
+    """Descriptor distance (L2, normalised) above which a guided match is not taken."""
     vocabulary_size: int = 0
     """Visual words of the retrieval vocabulary (0: from the number of scene descriptors)."""
     seed: int = 0
@@ -392,6 +403,8 @@ class SceneIndex:
     retrieval: str = "bow"
     global_desc: np.ndarray | None = None  # [num photos, D] for learned retrieval
     point3D_ids: np.ndarray | None = None  # [P] the model's point3D_id of each point (-1: triangulated here)
+    observations: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """(descriptors, point indices) of every keypoint with a 3D point, for guided matching (built lazily)."""
 
     def bag_of_words(self, desc: np.ndarray) -> np.ndarray:
         """tf-idf histogram [K] (L2-normalised) of descriptors [N, 128] over the vocabulary."""
@@ -774,8 +787,158 @@ def _solve(index: SceneIndex, photo: Photo, xy: np.ndarray, q_idx: np.ndarray, p
         "reprojection_error": round(float(err.mean()) if n_in else float("nan"), 4),
         "inlier_spread": round(float(np.prod(hi - lo) / (photo.gray.shape[0] * photo.gray.shape[1])), 4),
         "distance_in_scene_radii": round(dist, 3),
+        "rotation_std_deg": _finite(rotation_std_deg(camera, pose, pts3[inl], err)),
     }
     return _Solution(pose, camera, metrics, depth)
+
+
+def rotation_std_deg(camera: Camera, pose: Pose, X: np.ndarray, residuals: np.ndarray) -> float:
+    """How certain a pose's rotation is: one standard deviation (degrees, square root of the trace of its
+    covariance) from the Jacobian of the projections of its inlier points ``X`` [N, 3], with the pixel
+    noise that their reprojection distances ``residuals`` [N] show (per axis, at least 0.25 px). Points
+    that all lie at one depth in one part of the photo leave a rotation traded against a translation: a
+    large value, whatever the inlier count. inf when fewer than 4 points."""
+    if len(X) < 4:
+        return math.inf
+    sigma = max(0.25, float(np.sqrt(np.mean(np.square(residuals)) / 2)))  # per axis, from 2D distances
+    base, _ = project_points(camera, pose, X)
+    J = np.zeros((2 * len(X), 6))
+    for k in range(6):  # small turns about the camera axes (through its centre), then small shifts
+        axis = np.eye(3)[k % 3]
+        if k < 3:
+            step, moved = 1e-4, turned(pose, axis, 1e-4)  # degrees
+        else:
+            step, M = 1e-5, pose.matrix()
+            M[:3, 3] += 1e-5 * axis
+            moved = Pose.from_matrix(M)
+        uv, _ = project_points(camera, moved, X)
+        J[:, k] = ((uv - base) / step).ravel()
+    try:
+        cov = np.linalg.inv(J.T @ J) * sigma**2
+    except np.linalg.LinAlgError:
+        return math.inf
+    return float(np.sqrt(max(0.0, np.trace(cov[:3, :3]))))  # the turns were in degrees
+
+
+def _finite(x: float, digits: int = 4) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
+# -- guided matching -----------------------------------------------------------------------------------
+def _observations(index: SceneIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Every scene keypoint that sees a 3D point: (descriptors [M, 128], point indices [M]); built once
+    per index."""
+    if index.observations is None:
+        has = [ids >= 0 for ids in index.point_ids]
+        desc = [d[h] for d, h in zip(index.desc, has, strict=True)]
+        ids = [p[h] for p, h in zip(index.point_ids, has, strict=True)]
+        index.observations = (np.concatenate(desc) if desc else np.zeros((0, 128), np.float32),
+                              np.concatenate(ids) if ids else np.zeros(0, np.int64))  # fmt: skip
+    return index.observations
+
+
+def pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i, j) with ``|a[i] - b[j]| <= radius`` (``a`` [N, 2], ``b`` [M, 2]), through a grid
+    of cells ``radius`` wide (no all-pairs distance matrix)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ca, cb = np.floor(a / radius).astype(np.int64), np.floor(b / radius).astype(np.int64)
+    lo = np.minimum(ca.min(0), cb.min(0)) - 1
+    span = int(max(ca[:, 1].max(), cb[:, 1].max()) - lo[1]) + 2
+
+    def key(c: np.ndarray) -> np.ndarray:
+        return (c[:, 0] - lo[0]) * span + (c[:, 1] - lo[1])
+
+    kb = key(cb)
+    order = np.argsort(kb, kind="stable")
+    sk = kb[order]
+    ii, jj = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            k = key(ca + np.array([dx, dy]))
+            start, stop = np.searchsorted(sk, k, "left"), np.searchsorted(sk, k, "right")
+            n = stop - start
+            i = np.repeat(np.arange(len(a)), n)
+            j = order[np.repeat(start, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
+            ii.append(i)
+            jj.append(j)
+    i, j = np.concatenate(ii), np.concatenate(jj)
+    near = np.linalg.norm(a[i] - b[j], axis=1) <= radius
+    return i[near], j[near]
+
+
+def guided_correspondences(
+    index: SceneIndex, xy: np.ndarray, desc: np.ndarray, camera: Camera, pose: Pose, radius: float,
+    ratio: float = 0.8, max_distance: float = 0.75,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """2D-3D correspondences of a photo whose pose is roughly known: each keypoint (``xy`` [N, 2] in
+    ``camera``'s pixels, ``desc`` [N, 128]) against every scene observation whose point projects within
+    ``radius`` pixels of it, over all scene photos (not only the retrieved ones). A keypoint takes its
+    nearest descriptor when that beats the nearest of any other point by ``ratio`` and is closer than
+    ``max_distance``; a point keeps its best keypoint. Returns (keypoint indices [M], point indices [M])."""
+    odesc, opid = _observations(index)
+    uv, z = project_points(camera, pose, index.points[opid])
+    inside = (z > 0) & (uv >= 0).all(1) & (uv[:, 0] < camera.width) & (uv[:, 1] < camera.height)
+    vis = np.flatnonzero(inside)
+    i, jv = pairs_within(np.asarray(xy, np.float64), uv[vis], radius)
+    if len(i) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    j = vis[jv]
+    d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.einsum("ij,ij->i", desc[i], odesc[j])))
+    pid = opid[j]
+    # the nearest observation per (keypoint, point), then per keypoint its best and second-best point
+    o = np.lexsort((d, pid, i))
+    i, pid, d = i[o], pid[o], d[o]
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (pid[1:] != pid[:-1])
+    i, pid, d = i[first], pid[first], d[first]
+    o = np.lexsort((d, i))
+    i, pid, d = i[o], pid[o], d[o]
+    head = np.ones(len(i), bool)
+    head[1:] = i[1:] != i[:-1]
+    nxt = np.full(len(i), np.inf)
+    has_next = np.zeros(len(i), bool)
+    has_next[:-1] = i[1:] == i[:-1]
+    nxt[:-1][has_next[:-1]] = d[1:][has_next[:-1]]
+    keep = head & (d < max_distance) & (d < ratio * nxt)
+    q, p, dq = i[keep], pid[keep], d[keep]
+    o = np.lexsort((dq, p))  # one keypoint per point: the closest descriptor
+    q, p = q[o], p[o]
+    single = np.ones(len(p), bool)
+    single[1:] = p[1:] != p[:-1]
+    return q[single].astype(np.int64), p[single].astype(np.int64)
+
+
+def _refine_guided(index: SceneIndex, photo: Photo, xy: np.ndarray, desc: np.ndarray, sol: _Solution,
+                   config: RegistrationConfig) -> _Solution:  # fmt: skip
+    """A pose whose rotation is uncertain, refined by rounds of guided matching at shrinking radii, each
+    round around the previous round's pose. The round whose rotation is most certain is kept when that
+    certainty is within ``refine_above_deg``: guided matches are chosen near the pose they start from, so
+    a refinement that leaves the rotation as uncertain as before has not settled it, and the pose from
+    matches found without a pose stays."""
+    std = _std(sol)
+    side = max(photo.gray.shape)
+    best, current = sol, sol
+    for frac in config.guided_radii:
+        radius = max(frac * side, config.guided_min_radius_px)
+        q, p = guided_correspondences(index, xy, desc, current.camera, current.pose, radius,
+                                      config.guided_ratio, config.guided_max_distance)  # fmt: skip
+        if len(q) < config.min_inliers:
+            break
+        tight = replace(config, ransac_max_error=max(1.0, radius / 2))
+        nxt = _solve(index, photo, xy, q, p, current.camera, False, tight)
+        if nxt is None or _geometry_gates(nxt, config) or nxt.metrics["num_inliers"] < config.min_inliers:
+            break
+        nxt.metrics["guided_radius_px"] = round(radius, 2)
+        current = nxt
+        if _std(nxt) < _std(best):
+            best = nxt
+    return best if best is not sol and _std(best) <= min(std, config.refine_above_deg) else sol
+
+
+def _std(sol: _Solution) -> float:
+    std = sol.metrics["rotation_std_deg"]
+    return math.inf if std is None else std
 
 
 def _support_gates(sol: _Solution, config: RegistrationConfig) -> str | None:
@@ -844,6 +1007,12 @@ def register_photo(
                       seconds=time.perf_counter() - t0, details={**details, **metrics, **extra})  # fmt: skip
 
     def registered(sol: _Solution) -> Result:
+        if config.refine_above_deg > 0 and _std(sol) > config.refine_above_deg:
+            refined = _refine_guided(index, photo, xy, desc, sol, config)
+            if refined is not sol:
+                details["before_refinement"] = dict(sol.metrics)
+                details["refined_by"] = "guided matching"
+                sol = refined
         full = Camera.from_pycolmap(_rescaled(sol.camera, photo.width, photo.height))
         details.update({k: v for k, v in sol.metrics.items() if k != "num_inliers"})
         return Result(photo.name, "registered", None, sol.pose, full, sol.metrics["num_inliers"],

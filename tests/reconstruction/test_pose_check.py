@@ -6,14 +6,14 @@ import numpy as np
 from PIL import Image
 
 from reconstruction.cameras import Camera, Pose
-from reconstruction.pose_check import PoseCheckConfig, _turned, best_pose, check_pose
+from reconstruction.pose_check import PoseCheckConfig, best_pose, check_pose, turned
 
 
 def _grey(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
-def test_a_true_pose_passes_and_a_turned_or_foreign_one_does_not(bench_world):
+def test_a_true_pose_passes_and_aturned_or_foreign_one_does_not(bench_world):
     world, scene = bench_world
     gt = json.loads((world / "gt.json").read_text())
     splats = scene.version().load_splats()
@@ -25,7 +25,7 @@ def test_a_true_pose_passes_and_a_turned_or_foreign_one_does_not(bench_world):
     assert ok.passed and ok.coverage > 0.5
     assert ok.agreement >= 2 * ok.decoys and ok.agreement >= 0.05
 
-    off = check_pose(splats, gray, cam, _turned(truth, np.array([0.0, 1.0, 0.0]), 12.0))
+    off = check_pose(splats, gray, cam, turned(truth, np.array([0.0, 1.0, 0.0]), 12.0))
     assert not off.passed and off.agreement < ok.agreement / 2
 
     noise = np.random.default_rng(0).integers(0, 255, gray.shape, dtype=np.uint8)
@@ -38,7 +38,7 @@ def test_a_true_pose_passes_and_a_turned_or_foreign_one_does_not(bench_world):
                                                                    "passed"}  # fmt: skip
 
     # among several hypotheses the true pose is the one that agrees best (one render each)
-    wrong = [_turned(truth, np.array([1.0, 0.0, 0.0]), a) for a in (-8.0, 6.0)]
+    wrong = [turned(truth, np.array([1.0, 0.0, 0.0]), a) for a in (-8.0, 6.0)]
     k, check = best_pose(splats, gray, [(cam, wrong[0]), (cam, truth), (cam, wrong[1])], PoseCheckConfig())
     assert k == 1 and check.passed
     assert best_pose(splats, gray, []) is None

@@ -10,14 +10,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bench.fixtures import FIXTURE_SEED, render_world_view
-from reconstruction.cameras import Camera, Pose
+from reconstruction.cameras import Camera, Pose, project_points
 from reconstruction.errors import IDUError, SceneFormatError
+from reconstruction.pose_check import turned
 from reconstruction.registration import (
     RegistrationConfig,
     build_vocabulary,
+    extract,
+    guided_correspondences,
     load_photo,
     match_descriptors,
+    pairs_within,
     register_photos,
+    rotation_std_deg,
     scene_index,
 )
 
@@ -165,8 +170,25 @@ def test_after_views_register_near_their_true_poses_by_the_render_check(bench_wo
     assert len(checked) >= 3
     for r in checked:
         pc = r["pose_check"]
-        assert r["num_inliers"] < 30 or r["inlier_ratio"] < 0.15 or r["reprojection_error"] > 2.0
+        m = r.get("before_refinement", r)  # the figures the gates judged
+        assert m["num_inliers"] < 30 or m["inlier_ratio"] < 0.15 or m["reprojection_error"] > 2.0
         assert pc["passed"] and pc["agreement"] >= 2 * pc["decoy_agreement"] and pc["agreement"] >= 0.05
+    # poses whose rotation was uncertain were refined by guided matching: more certain, and no less right
+    refined = [r for r in reg if r.get("refined_by") == "guided matching"]
+    assert refined
+    for r in refined:
+        assert r["rotation_std_deg"] < r["before_refinement"]["rotation_std_deg"]
+        assert r["num_inliers"] > r["before_refinement"]["num_inliers"]
+    unrefined = register_photos(
+        scene.version(), world / "after" / "images", RegistrationConfig(refine_above_deg=0)
+    )
+
+    def median_error(d: dict) -> float:
+        return float(np.median([_rot_deg(Pose.from_json(r["cam_from_world"]), truth[r["name"]])
+                                for r in d["images"] if r["status"] == "registered"]))  # fmt: skip
+
+    assert not any("refined_by" in r for r in unrefined["images"])
+    assert median_error(doc) <= median_error(unrefined) + 0.02
     # without the render check the count gates alone reject those photos, with their reason
     plain = RegistrationConfig(min_checked_inliers=0)
     alone = register_photos(scene.version(), world / "after" / "images", plain)
@@ -174,6 +196,58 @@ def test_after_views_register_near_their_true_poses_by_the_render_check(bench_wo
     for r in checked:
         assert by[r["name"]]["status"] == "rejected"
         assert re.search(r"need 30\)|is below|is above", by[r["name"]]["reason"]), by[r["name"]]["reason"]
+
+
+def test_rotation_uncertainty_follows_the_geometry_of_the_points():
+    """The rotation's standard deviation from the inliers' Jacobian matches the spread of poses solved from
+    noisy projections, and is large for points at one depth in one corner of the photo."""
+    import pycolmap
+
+    rng = np.random.default_rng(0)
+    cam = Camera.pinhole(300, 300, 160, 120, 320, 240)
+    truth = Pose.from_matrix(np.eye(4))
+    X = np.c_[rng.uniform(-3, 3, 60), rng.uniform(-2, 2, 60), rng.uniform(4, 12, 60)]
+    uv = X[:, :2] / X[:, 2:] * 300 + [160, 120]
+    ref = pycolmap.AbsolutePoseRefinementOptions()
+    ref.loss_function_scale = 100.0  # least squares: the covariance's own assumption
+    errs = []
+    for _ in range(100):
+        noisy = uv + rng.normal(0, 1.0, uv.shape)
+        out = pycolmap.estimate_and_refine_absolute_pose(noisy, X, cam.to_pycolmap(), refinement_options=ref)
+        errs.append(_rot_deg(Pose.from_pycolmap(out["cam_from_world"]), truth))
+    spread = float(np.sqrt(np.mean(np.square(errs))))
+    std = rotation_std_deg(cam, truth, X, np.full(len(X), np.sqrt(2.0)))  # 1 px per axis
+    assert 0.75 * spread < std < 1.33 * spread, (std, spread)
+    # the same number of points on a distant patch: rotation and translation trade off
+    flat = np.c_[rng.uniform(2, 3, 60), rng.uniform(1, 2, 60), np.full(60, 20.0)]
+    assert rotation_std_deg(cam, truth, flat, np.full(60, np.sqrt(2.0))) > 5 * std
+    assert rotation_std_deg(cam, truth, X[:3], np.ones(3)) == float("inf")
+
+
+def test_guided_matching_finds_the_points_near_where_a_rough_pose_projects_them(bench_world, new_view):
+    world, scene = bench_world
+    path, truth, cam = new_view
+    a, b = np.random.default_rng(1).uniform(0, 100, (2, 500, 2))
+    i, j = pairs_within(a, b, 7.5)
+    brute = np.argwhere(np.linalg.norm(a[:, None] - b[None], axis=2) <= 7.5)
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(map(tuple, brute.tolist()))
+    assert len(brute) > 100
+    config = RegistrationConfig()
+    index = scene_index(scene.version(), config)
+    photo = load_photo(path, config)
+    xy, desc = extract(photo, config)
+    rough = turned(truth, np.array([0.0, 1.0, 0.0]), 0.5)  # 0.5 deg off: ~2.4 px here
+    q, p = guided_correspondences(index, xy, desc, cam, rough, radius=8.0)
+    assert len(q) >= 100 and len(np.unique(p)) == len(p) and len(np.unique(q)) == len(q)
+    uv, _ = project_points(cam, truth, index.points[p])
+    err = np.linalg.norm(uv - xy[q], axis=1)
+    # about half lie where the true pose puts them (RANSAC's job to pick them): more than matching the
+    # whole photo against its retrieved scene photos finds in all
+    (plain,) = register_photos(scene.version(), path.parent, RegistrationConfig(refine_above_deg=0))["images"]
+    assert int((err < 2.0).sum()) >= max(100, plain["num_inliers"] + 1), (len(q), plain["num_inliers"])
+    # the radius bounds the search: nothing farther than it from the rough pose's projections
+    uv_rough, _ = project_points(cam, rough, index.points[p])
+    assert np.linalg.norm(uv_rough - xy[q], axis=1).max() <= 8.0 + 1e-6
 
 
 def test_matching_and_retrieval_primitives():
