@@ -17,9 +17,12 @@ Steps:
    :data:`ARM_POSES` by IoU (a silhouette cannot lift an arm that starts inside the torso).
 3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible
    coverage against the mask), ground contact (the soles on the scene's ground under the person, when the
-   splats show one), a pose prior (axis-angles near the standing pose) and a phenotype prior (near the
-   average body). With one photo the prior's weight doubles and the body height prior holds the scale.
-4. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer.
+   scene shows one: :func:`generation.placement.seen_ground`, the surface cameras see, not the Gaussians
+   buried under it), a pose prior (axis-angles near the standing pose) and a phenotype prior (near the
+   average body). With one photo the priors' weight doubles and the ground contact is firm: the feet's
+   ray meeting the ground fixes the distance the silhouette leaves loose.
+4. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer (the ``keep``
+   fitted in full are different readings of the photos: facings apart, or another stance).
 5. **Clothing.** With the body held fixed, an offset of each vertex along its normal (0 to
    ``clothing_max``, smooth over the mesh, penalised by its size) is fitted to the same silhouettes:
    loose clothing widens the silhouette without pulling the joints (ClothHMR's idea). The reported IoUs
@@ -39,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from generation.multiview import Window, _box_frame
-from generation.placement import PlacementConfig, _frame, _ground, _iou
+from generation.placement import _frame, _iou, seen_ground
 from reconstruction.render import render
 from reconstruction.splats import Splats
 
@@ -65,7 +68,11 @@ class PersonFitConfig:
     quick_steps: int = 10
     """Steps of each hypothesis' brief fit (turn, position, height)."""
     keep: int = 2
-    """Hypotheses fitted in full."""
+    """Hypotheses fitted in full: the best, then the best whose facing differs by more than
+    ``distinct_yaw_deg`` from those already kept (or that crouches where they stand), so the reviewer is
+    shown different readings of the photos (with one photo: a body facing the camera or away from it),
+    not one reading twice."""
+    distinct_yaw_deg: float = 60.0
     steps: int = 200
     """Steps of each full fit (the small benchmark world's person, 4 photos: 100 steps 48 mm MPJPE, 150
     steps 42, 200 steps 33, 300 steps 31 and half as long again)."""
@@ -100,6 +107,9 @@ class PersonFitConfig:
     ground_weight: float = 2.0
     """Weight of the ground contact (squared gap of the soles, metres): gentle, the splats' ground lies a
     few centimetres off the true one, and the photos show the feet."""
+    single_ground_weight: float = 50.0
+    """...with one photo: firm. The photo leaves the body's distance along the camera's rays loose (a body
+    5 % larger and 5 % farther casts the same silhouette); the feet's ray meeting the ground pins it."""
     bce_weight: float = 0.5
     """Weight of the silhouette BCE beside the soft IoU."""
     keypoint_weight: float = 1.0
@@ -133,6 +143,7 @@ class PersonFit:
     confidence: float
     extra: dict[str, Any] = field(default_factory=dict)
     offsets: np.ndarray | None = None  # [V] the clothing layer, metres along the body's vertex normals
+    kept_keypoints: list[np.ndarray] = field(default_factory=list)  # each fitted hypothesis' keypoints
 
     @property
     def mean_iou(self) -> float:
@@ -258,7 +269,8 @@ class _Fitter:
         loss = loss + prior_w * cfg.phenotype_prior * (p.phenotype**2).sum()
         if self.ground is not None:
             soles = (posed.vertices @ self.up).min()
-            loss = loss + cfg.ground_weight * (soles - self.ground) ** 2
+            gw = cfg.single_ground_weight if len(self.windows) == 1 else cfg.ground_weight
+            loss = loss + gw * (soles - self.ground) ** 2
         return loss + self.keypoint_loss(posed), posed
 
     def keypoint_loss(self, posed: PosedBody) -> torch.Tensor | float:
@@ -410,9 +422,10 @@ def fit_person(
     ground = None
     if scene is not None:
         radius = 0.5 * float(np.linalg.norm(size[:2]))
-        g = _ground(scene.to_numpy(), centre, radius, frame, -height / 2 + 0.3, PlacementConfig())
-        if g is not None and abs(g - (-height / 2)) < 0.3:
-            ground = float(centre @ frame[:, 2]) + g
+        foot = centre - height / 2 * frame[:, 2]
+        g = seen_ground(scene, foot, frame, radius, 3 * max(height, 1.0), above=0.3, below=0.3)
+        if g is not None:
+            ground = float(foot @ frame[:, 2]) + g
     foot_h = ground if ground is not None else bottom
     feet = centre + (foot_h - float(centre @ frame[:, 2])) * frame[:, 2]
     fitter = _Fitter(body, windows, frame, ground, config, keypoints)
@@ -432,6 +445,10 @@ def fit_person(
         p = fitter.run(s, config.quick_steps, full=False)
         ranked.append((fitter.score(p), p))
     ranked.sort(key=lambda x: -x[0])
+    chosen = _distinct(ranked, config.keep, config.distinct_yaw_deg)
+    ranked = [r for i, r in enumerate(ranked) if i in chosen] + [
+        r for i, r in enumerate(ranked) if i not in chosen
+    ]
     fitted = []
     for _, p in ranked[: config.keep]:
         q = fitter.run(fitter.choose_arms(fitter.choose_stance(p)), steps, full=True)
@@ -444,6 +461,7 @@ def fit_person(
     hyps += [_hypothesis(p, s, False) for s, p in ranked[config.keep :]]
     with torch.no_grad():
         posed = fitter.posed(best)
+        kept = [fitter.posed(p).keypoints.numpy().copy() for _, p, _ in fitted]
     extra = {"phenotype": best.phenotype_values(), "box_height": round(height, 3),
              "keypoint_names": body.keypoint_names}  # fmt: skip
     offsets = None
@@ -456,7 +474,24 @@ def fit_person(
     # confidence: how well the silhouettes agree, lower with fewer photos
     confidence = best_iou * min(1.0, 0.5 + 0.2 * len(windows))
     return PersonFit(best, posed, ious, hyps, ground, time.perf_counter() - t0, round(confidence, 4), extra,
-                     offsets)  # fmt: skip
+                     offsets, kept)  # fmt: skip
+
+
+def _distinct(ranked: list[tuple[float, BodyParams]], keep: int, min_deg: float) -> list[int]:
+    """Indices of ``keep`` of the ``ranked`` hypotheses (best first): each next one the best that differs
+    from every one chosen, by its start's label or by more than ``min_deg`` of facing; the best of the
+    rest when too few differ."""
+    chosen: list[int] = []
+    for i, (_, p) in enumerate(ranked):
+        if len(chosen) == keep:
+            break
+        yaw = math.degrees(float(p.yaw))
+        if all(p.label != ranked[j][1].label
+               or abs((yaw - math.degrees(float(ranked[j][1].yaw)) + 180) % 360 - 180) > min_deg
+               for j in chosen):  # fmt: skip
+            chosen.append(i)
+    chosen += [i for i in range(len(ranked)) if i not in chosen][: keep - len(chosen)]
+    return chosen
 
 
 def _hypothesis(p: BodyParams, value: float, fitted: bool) -> dict[str, Any]:

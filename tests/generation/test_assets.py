@@ -253,3 +253,40 @@ def test_idu_assets_builds_the_added_objects_of_a_detect_folder(world, bench_wor
     res = CliRunner().invoke(app, [str(a) for a in args])
     assert res.exit_code != 0 and "registration.json: cannot read the registration" in res.stderr
     assert scene.current_version() == 1 and len(scene.versions()) == 1  # the store is not changed
+
+
+def test_the_ground_is_the_surface_cameras_see_not_the_gaussians_buried_under_it():
+    """A floor of opaque flat Gaussians at height 0.3 over a thick layer of Gaussians buried down to 0.5
+    under it (as an optimised scene leaves them): the median of the Gaussians' heights sinks, the surface
+    seen from cameras around the spot stays on the floor."""
+    from generation.placement import PlacementConfig, _ground, seen_ground
+
+    rng = np.random.default_rng(0)
+    g = np.stack(np.meshgrid(np.arange(-3, 3, 0.05), np.arange(-3, 3, 0.05)), -1).reshape(-1, 2)
+    floor = np.concatenate([g, np.full((len(g), 1), 0.3)], 1)
+    buried = np.concatenate([rng.uniform(-3, 3, (2 * len(g), 2)), rng.uniform(-0.2, 0.3, (2 * len(g), 1))], 1)
+    means = np.concatenate([floor, buried])
+    scales = np.concatenate([np.tile(np.log([0.04, 0.04, 0.005]), (len(floor), 1)),
+                             np.full((len(buried), 3), np.log(0.03))])  # fmt: skip
+    n = len(means)
+    scene = Splats(means=means.astype(np.float32), quats=np.tile([1.0, 0, 0, 0], (n, 1)).astype(np.float32),
+                   scales=scales.astype(np.float32), opacities=np.full(n, 4.0, np.float32),
+                   sh0=np.zeros((n, 3), np.float32), shN=np.zeros((n, 0, 3), np.float32))  # fmt: skip
+    R, foot = np.eye(3), np.array([0.2, -0.1, 0.3])
+    seen = seen_ground(scene, foot, R, 0.5, 4.0)
+    assert seen is not None and abs(seen) < 0.02, seen
+    buried_median = _ground(scene, foot, 0.5, R, 0.3, PlacementConfig())
+    assert buried_median < -0.08  # what the Gaussians' own heights give (-0.12)
+    assert seen_ground(scene, foot + np.array([10.0, 0, 0]), R, 0.5, 4.0) is None  # nothing there
+
+
+def test_the_hypotheses_kept_for_the_reviewer_are_different_readings():
+    from generation.human.body import BodyParams
+    from generation.human.fit import _distinct
+
+    ranked = [(0.9, BodyParams.standing(np.radians(d), np.zeros(3))) for d in (10, 20, 350, 190, 100)]
+    assert _distinct(ranked, 2, 60.0) == [0, 3]  # 20 and 350 are the first one again
+    assert _distinct(ranked, 3, 60.0) == [0, 3, 4]
+    crouch = [ranked[0], (0.8, BodyParams.crouching(np.radians(15), np.zeros(3))), ranked[1]]
+    assert _distinct(crouch, 2, 60.0) == [0, 1]  # another stance is another reading
+    assert _distinct(ranked[:2], 2, 60.0) == [0, 1]  # too few differ: the best of the rest
