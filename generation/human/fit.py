@@ -15,12 +15,12 @@ Steps:
    height only) and ranked by its mean silhouette IoU over the photos: multi-view consistency.
 2. **Limbs.** For the ``keep`` best, the legs take the best of :data:`STANCES` and each arm the best of
    :data:`ARM_POSES` by IoU (a silhouette cannot lift an arm that starts inside the torso).
-3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible
-   coverage against the mask), ground contact (the soles on the scene's ground under the person, when the
-   scene shows one: :func:`generation.placement.seen_ground`, the surface cameras see, not the Gaussians
-   buried under it), a pose prior (axis-angles near the standing pose) and a phenotype prior (near the
-   average body). With one photo the priors' weight doubles and the ground contact is firm: the feet's
-   ray meeting the ground fixes the distance the silhouette leaves loose.
+3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible coverage against the
+   mask), ground contact (the soles on the scene's ground under the person, when the splats show one: the
+   top of the opaque Gaussians' heights under its footprint, not the Gaussians buried under the surface),
+   a pose prior (axis-angles near the standing pose) and a phenotype prior (near the average body). With
+   one photo the priors' weight doubles and the ground contact is firm: the feet's ray meeting the ground
+   fixes the distance the silhouette leaves loose.
 4. The best by mean IoU is the result; every fitted hypothesis is kept for the reviewer (the ``keep``
    fitted in full are different readings of the photos: facings apart, or another stance).
 5. **Clothing.** With the body held fixed, an offset of each vertex along its normal (0 to
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from generation.multiview import Window, _box_frame
-from generation.placement import _frame, _iou, seen_ground
+from generation.placement import PlacementConfig, _frame, _ground, _iou
 from reconstruction.render import render
 from reconstruction.splats import Splats
 
@@ -422,10 +422,9 @@ def fit_person(
     ground = None
     if scene is not None:
         radius = 0.5 * float(np.linalg.norm(size[:2]))
-        foot = centre - height / 2 * frame[:, 2]
-        g = seen_ground(scene, foot, frame, radius, 3 * max(height, 1.0), above=0.3, below=0.3)
-        if g is not None:
-            ground = float(foot @ frame[:, 2]) + g
+        g = _ground(scene.to_numpy(), centre, radius, frame, -height / 2 + 0.3, PlacementConfig())
+        if g is not None and abs(g - (-height / 2)) < 0.3:
+            ground = float(centre @ frame[:, 2]) + g
     foot_h = ground if ground is not None else bottom
     feet = centre + (foot_h - float(centre @ frame[:, 2])) * frame[:, 2]
     fitter = _Fitter(body, windows, frame, ground, config, keypoints)

@@ -255,29 +255,27 @@ def test_idu_assets_builds_the_added_objects_of_a_detect_folder(world, bench_wor
     assert scene.current_version() == 1 and len(scene.versions()) == 1  # the store is not changed
 
 
-def test_the_ground_is_the_surface_cameras_see_not_the_gaussians_buried_under_it():
-    """A floor of opaque flat Gaussians at height 0.3 over a thick layer of Gaussians buried down to 0.5
-    under it (as an optimised scene leaves them): the median of the Gaussians' heights sinks, the surface
-    seen from cameras around the spot stays on the floor."""
-    from generation.placement import PlacementConfig, _ground, seen_ground
+def test_the_ground_is_the_top_of_the_layer_not_the_gaussians_buried_under_it():
+    """A floor of flat Gaussians at height 0.3 over a layer of Gaussians buried down to 0.5 under it (as an
+    optimised scene leaves them, hidden from its cameras): their median sinks into the layer, the ground
+    found under a footprint stays on the floor; nothing there, no ground."""
+    from generation.placement import PlacementConfig, _ground
 
     rng = np.random.default_rng(0)
     g = np.stack(np.meshgrid(np.arange(-3, 3, 0.05), np.arange(-3, 3, 0.05)), -1).reshape(-1, 2)
     floor = np.concatenate([g, np.full((len(g), 1), 0.3)], 1)
     buried = np.concatenate([rng.uniform(-3, 3, (2 * len(g), 2)), rng.uniform(-0.2, 0.3, (2 * len(g), 1))], 1)
     means = np.concatenate([floor, buried])
-    scales = np.concatenate([np.tile(np.log([0.04, 0.04, 0.005]), (len(floor), 1)),
-                             np.full((len(buried), 3), np.log(0.03))])  # fmt: skip
     n = len(means)
     scene = Splats(means=means.astype(np.float32), quats=np.tile([1.0, 0, 0, 0], (n, 1)).astype(np.float32),
-                   scales=scales.astype(np.float32), opacities=np.full(n, 4.0, np.float32),
+                   scales=np.full((n, 3), np.log(0.03), np.float32), opacities=np.full(n, 4.0, np.float32),
                    sh0=np.zeros((n, 3), np.float32), shN=np.zeros((n, 0, 3), np.float32))  # fmt: skip
-    R, foot = np.eye(3), np.array([0.2, -0.1, 0.3])
-    seen = seen_ground(scene, foot, R, 0.5, 4.0)
-    assert seen is not None and abs(seen) < 0.02, seen
-    buried_median = _ground(scene, foot, 0.5, R, 0.3, PlacementConfig())
-    assert buried_median < -0.08  # what the Gaussians' own heights give (-0.12)
-    assert seen_ground(scene, foot + np.array([10.0, 0, 0]), R, 0.5, 4.0) is None  # nothing there
+    R, centre = np.eye(3), np.array([0.2, -0.1, 1.2])  # a box 1.8 high standing on the floor
+    ground = _ground(scene, centre, 0.5, R, -0.6, PlacementConfig())
+    assert abs(ground - (-0.9)) < 0.02, ground
+    near = np.hypot(*(means[:, :2] - centre[:2]).T) < 0.5
+    assert np.median(means[near, 2]) - centre[2] < -0.9 - 0.08  # where the median would put it
+    assert _ground(scene, centre + np.array([10.0, 0, 0]), 0.5, R, -0.6, PlacementConfig()) is None
 
 
 def test_the_hypotheses_kept_for_the_reviewer_are_different_readings():
