@@ -501,11 +501,27 @@ def _clusters(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
 
 
 # -- boxes ---------------------------------------------------------------------------------------------
-def up_direction(poses: list[Pose]) -> np.ndarray:
-    """The scene's up: the mean of the cameras' up axes (-y in OpenCV), normalised."""
+def up_direction(poses: list[Pose], spread: float = 0.02) -> np.ndarray:
+    """The scene's up from its cameras, taken as level (no roll, as people and rigs hold them): the direction
+    most nearly perpendicular to every camera's x axis (the smallest eigenvector of their scatter), on the
+    side of the cameras' mean up axis (-y in OpenCV). Pitch does not tilt it: the mean of the up axes alone
+    leans towards wherever the cameras look down (4.6-4.8 degrees on the benchmark worlds' walks, 0 this
+    way). When the x axes hardly spread (one photo, or all facing one way: second-smallest eigenvalue under
+    ``spread``) they fix only a plane; the mean up axis projected into it is the answer."""
     ups = np.stack([-p.R[1] for p in poses])
-    u = ups.mean(0)
-    return u / (np.linalg.norm(u) or 1.0)
+    m = ups.mean(0)
+    m = m / (np.linalg.norm(m) or 1.0)
+    xs = np.stack([p.R[0] for p in poses])
+    w, V = np.linalg.eigh(xs.T @ xs / len(xs))  # ascending
+    if w[1] >= spread:
+        u = V[:, 0]
+    else:
+        u = m - (m @ V[:, 2]) * V[:, 2]
+    n = np.linalg.norm(u)
+    if n < 1e-9:
+        return m
+    u = u / n
+    return u if u @ m >= 0 else -u
 
 
 def upright_box(points: np.ndarray, up: np.ndarray) -> dict[str, Any]:

@@ -322,3 +322,35 @@ def test_bad_inputs_are_refused_with_the_file_named(fixture, tmp_path):
     assert doc["candidates"] == [] and doc["photos"] == {
         "x.png": "not registered: only 3 inlier 2D-3D matches"
     }
+
+
+def _level_camera(heading_deg: float, pitch_deg: float, centre) -> Pose:
+    """A camera without roll (z up is the world's up) facing ``heading_deg``, looking ``pitch_deg`` down."""
+    h, p = np.radians(heading_deg), np.radians(pitch_deg)
+    fwd = np.array([np.cos(h) * np.cos(p), np.sin(h) * np.cos(p), -np.sin(p)])
+    x = np.cross(fwd, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    R = np.stack([x, np.cross(fwd, x), fwd])
+    M = np.eye(4)
+    M[:3, :3], M[:3, 3] = R, -R @ np.asarray(centre, np.float64)
+    return Pose.from_matrix(M)
+
+
+def test_the_scene_up_is_perpendicular_to_level_cameras_whatever_their_pitch():
+    """Cameras along a walk, all looking 15 degrees down and facing within 120 degrees: their mean up axis
+    leans towards where they look; the up found from their x axes is the true one. One photo, or photos
+    facing one way, fix only a plane: the mean up axis projected into it (their pitch stays in it)."""
+    from reconstruction.changes import up_direction
+
+    def tilt(u):
+        return np.degrees(np.arccos(np.clip(u[2], -1, 1)))
+
+    walk = [_level_camera(h, 15, (0.3 * i, 0, 1.6)) for i, h in enumerate(range(-60, 61, 20))]
+    mean_up = np.mean([-p.R[1] for p in walk], 0)
+    assert tilt(mean_up / np.linalg.norm(mean_up)) > 5  # what the mean of the up axes gives
+    assert tilt(up_direction(walk)) < 1e-6
+    one = _level_camera(30, 15, (0, 0, 1.6))
+    assert np.allclose(up_direction([one]), -one.R[1])  # one photo cannot tell its pitch
+    pair = [one, _level_camera(31, 10, (1, 0, 1.5))]
+    u = up_direction(pair)
+    assert all(abs(u @ p.R[0]) < 0.01 for p in pair) and tilt(u) < 13
