@@ -105,6 +105,7 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
         fit = fit_person(windows, change["box"], up, splats, config, keypoints=kps)
         asset, _, rep = person_asset(fit, windows)
         secs = time.perf_counter() - t0
+        kept = [joint_errors(k, truth) for k in fit.kept_keypoints]
         report["runs"][label] = {
             "photos": len(sub),
             **joint_errors(fit.posed.keypoints.numpy(), truth),
@@ -114,10 +115,8 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
             "clothing": fit.extra.get("clothing"),
             "hypotheses": fit.hypotheses[:3],
             # multi-hypothesis methods' protocol: the best of the hypotheses kept for the reviewer
-            "best_kept_mpjpe_mm": min(joint_errors(k, truth)["mpjpe_mm"] for k in fit.kept_keypoints),
-            "best_kept_root_mpjpe_mm": min(
-                joint_errors(k, truth)["root_mpjpe_mm"] for k in fit.kept_keypoints
-            ),
+            "best_kept_mpjpe_mm": min(e["mpjpe_mm"] for e in kept),
+            "best_kept_root_mpjpe_mm": min(e["root_mpjpe_mm"] for e in kept),
             "ground": fit.ground,
             "phenotype": rep["phenotype"],
             "seen_fraction": rep["seen_fraction"],

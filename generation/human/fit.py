@@ -445,9 +445,7 @@ def fit_person(
         ranked.append((fitter.score(p), p))
     ranked.sort(key=lambda x: -x[0])
     chosen = _distinct(ranked, config.keep, config.distinct_yaw_deg)
-    ranked = [r for i, r in enumerate(ranked) if i in chosen] + [
-        r for i, r in enumerate(ranked) if i not in chosen
-    ]
+    ranked = [ranked[i] for i in chosen] + [r for i, r in enumerate(ranked) if i not in chosen]
     fitted = []
     for _, p in ranked[: config.keep]:
         q = fitter.run(fitter.choose_arms(fitter.choose_stance(p)), steps, full=True)
