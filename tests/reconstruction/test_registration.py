@@ -198,6 +198,24 @@ def test_after_views_register_near_their_true_poses_by_the_render_check(bench_wo
         assert re.search(r"need 30\)|is below|is above", by[r["name"]]["reason"]), by[r["name"]]["reason"]
 
 
+def test_guided_matching_started_along_the_uncertain_directions_leaves_a_wrong_basin(bench_world):
+    """The fixture's after_004 (another sun, 9 degrees from the nearest scene photo): its SIFT pose is
+    0.7 degrees off and guided matching from it alone confirms it (0.6 degrees off with a claimed rotation
+    certainty of 0.04 degrees); started also from the pose moved along its least certain directions, the
+    run that explains the photo's keypoints best is right."""
+    world, scene = bench_world
+    gt = json.loads((world / "gt.json").read_text())
+    truth = {im["name"]: Pose.from_json(im["cam_from_world"]) for im in gt["after"]["images"]}
+    photo = [world / "after" / "images" / "after_004.png"]
+    errors = {}
+    for directions in (0, 2):
+        doc = register_photos(scene.version(), photo, RegistrationConfig(guided_directions=directions))
+        (r,) = doc["images"]
+        assert r["status"] == "registered" and r["refined_by"] == "guided matching", r
+        errors[directions] = _rot_deg(Pose.from_json(r["cam_from_world"]), truth["after_004.png"])
+    assert errors[0] > 0.4 and errors[2] < 0.15, errors
+
+
 def test_rotation_uncertainty_follows_the_geometry_of_the_points():
     """The rotation's standard deviation from the inliers' Jacobian matches the spread of poses solved from
     noisy projections, and is large for points at one depth in one corner of the photo."""
