@@ -223,6 +223,11 @@ class _Fitter:
     def __init__(self, body: Body, windows: list[Window], frame: np.ndarray, ground: float | None,
                  config: PersonFitConfig, keypoints: dict[str, np.ndarray] | None = None):  # fmt: skip
         self.body, self.windows, self.frame, self.ground, self.config = body, windows, frame, ground, config
+        # one photo: the priors weigh double and the ground contact is firm (the silhouette leaves the
+        # distance along the ray loose)
+        single = len(windows) == 1
+        self.prior_weight = 2.0 if single else 1.0
+        self.ground_weight = config.single_ground_weight if single else config.ground_weight
         # 2D keypoints per window (window pixels), and the person's height there (the error's unit)
         self.kps, self.supersample = [], []
         for w in windows:
@@ -264,13 +269,11 @@ class _Fitter:
         for w, ss in zip(self.windows, self.supersample, strict=True):
             sil = sil + _silhouette_loss(_cover_fast(w, sp, ss if supersample else 1), w.mask, cfg.bce_weight)
         sil = sil / len(self.windows)
-        prior_w = 2.0 if len(self.windows) == 1 else 1.0
-        loss = sil + prior_w * cfg.pose_prior * ((p.pose - self.standing) ** 2).sum()
-        loss = loss + prior_w * cfg.phenotype_prior * (p.phenotype**2).sum()
+        loss = sil + self.prior_weight * cfg.pose_prior * ((p.pose - self.standing) ** 2).sum()
+        loss = loss + self.prior_weight * cfg.phenotype_prior * (p.phenotype**2).sum()
         if self.ground is not None:
             soles = (posed.vertices @ self.up).min()
-            gw = cfg.single_ground_weight if len(self.windows) == 1 else cfg.ground_weight
-            loss = loss + gw * (soles - self.ground) ** 2
+            loss = loss + self.ground_weight * (soles - self.ground) ** 2
         return loss + self.keypoint_loss(posed), posed
 
     def keypoint_loss(self, posed: PosedBody) -> torch.Tensor | float:
