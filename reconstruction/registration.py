@@ -867,33 +867,26 @@ def _observations(index: SceneIndex) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pairs_within(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i, j) with ``|a[i] - b[j]| <= radius`` (``a`` [N, 2], ``b`` [M, 2]), through a grid
-    of cells ``radius`` wide (no all-pairs distance matrix)."""
+    """All index pairs (i, j) with ``|a[i] - b[j]| <= radius`` (``a`` [N, 2], ``b`` [M, 2]), through two
+    KD-trees (scipy; no all-pairs distance matrix: a wide radius over a scene of many photos makes
+    millions of pairs)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    ca, cb = np.floor(a / radius).astype(np.int64), np.floor(b / radius).astype(np.int64)
-    lo = np.minimum(ca.min(0), cb.min(0)) - 1
-    span = int(max(ca[:, 1].max(), cb[:, 1].max()) - lo[1]) + 2
+    from scipy.spatial import cKDTree
 
-    def key(c: np.ndarray) -> np.ndarray:
-        return (c[:, 0] - lo[0]) * span + (c[:, 1] - lo[1])
+    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
+    return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
 
-    kb = key(cb)
-    order = np.argsort(kb, kind="stable")
-    sk = kb[order]
-    ii, jj = [], []
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            k = key(ca + np.array([dx, dy]))
-            start, stop = np.searchsorted(sk, k, "left"), np.searchsorted(sk, k, "right")
-            n = stop - start
-            i = np.repeat(np.arange(len(a)), n)
-            j = order[np.repeat(start, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
-            ii.append(i)
-            jj.append(j)
-    i, j = np.concatenate(ii), np.concatenate(jj)
-    near = np.linalg.norm(a[i] - b[j], axis=1) <= radius
-    return i[near], j[near]
+
+def _pair_distances(
+    a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 16384
+) -> np.ndarray:
+    """L2 distances [P] of the unit descriptors ``a[i]`` and ``b[j]``, in chunks: a wide search radius makes
+    millions of pairs, and gathering all their descriptors at once costs gigabytes and seconds."""
+    dot = np.empty(len(i), np.float32)
+    for s in range(0, len(i), chunk):
+        dot[s : s + chunk] = np.einsum("ij,ij->i", a[i[s : s + chunk]], b[j[s : s + chunk]])
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * dot))
 
 
 def guided_correspondences(
@@ -913,7 +906,11 @@ def guided_correspondences(
     if len(i) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     j = vis[jv]
-    d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.einsum("ij,ij->i", desc[i], odesc[j])))
+    d = _pair_distances(desc, odesc, i, j)
+    # a pair this far apart can be neither a match nor the second-best point that fails one (the ratio
+    # test passes whenever the second-best point is at least max_distance / ratio away): dropped at once
+    near = d < max_distance / ratio if ratio > 0 else d < max_distance
+    i, j, d = i[near], j[near], d[near]
     pid = opid[j]
     # the nearest observation per (keypoint, point), then per keypoint its best and second-best point
     o = np.lexsort((d, pid, i))
