@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,14 @@ class DetectConfig:
     """Pixels used for the colour gains and the noise statistics."""
     open_px: int = 2
     """Morphological opening radius (pixels) that removes isolated changed specks."""
+    novelty_bins: tuple[float, ...] = (30.0, 60.0)
+    """Edges (degrees) of the bins of novelty: the angle between a pixel's ray and the nearest ray of a
+    scene photo to the same surface point. A 3DGS scene renders worse the farther a view is from the
+    photos it was fitted to, so each bin's noise (median and robust deviation of each dissimilarity over
+    its confidently rendered pixels) is measured apart, and a pixel is scored against the larger of its
+    bin's and all pixels': the thresholds rise where the scene is shown to render worse, never fall."""
+    novelty_min_pixels: int = 5000
+    """A bin with fewer confidently rendered pixels than this (over all photos) uses all pixels' noise."""
     voxels: int = 160
     """Voxels along the longest side of the scene's bounds (the coarse vote)."""
     fine: int = 4
@@ -176,6 +185,9 @@ class Evidence:
     score: torch.Tensor | None = None  # [H, W] (score_evidence)
     changed: torch.Tensor | None = None  # [H, W] bool: score > k_mad, opened
     changed_low: torch.Tensor | None = None  # [H, W] bool: score > k_low
+    novelty: torch.Tensor | None = None  # [H, W] degrees to the nearest scene photo's ray (see novelty)
+    noise: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # per-pixel (median, deviation)
+    plain_score: torch.Tensor | None = None  # [H, W] score against all pixels' noise, whatever their novelty
 
 
 @dataclass
@@ -300,13 +312,15 @@ def _dinov2_distance(photo: torch.Tensor, render_rgb: torch.Tensor, config: Dete
 
 
 def compare_photo(
-    name: str, photo_rgb: np.ndarray, camera: Camera, pose: Pose, splats: Splats, config: DetectConfig
-) -> Evidence:
+    name: str, photo_rgb: np.ndarray, camera: Camera, pose: Pose, splats: Splats, config: DetectConfig,
+    views: Sequence[tuple[Camera, Pose]] | None = None,
+) -> Evidence:  # fmt: skip
     """Render the scene at the photo's pose and compare (see the module docstring).
 
     Args:
         photo_rgb: [H, W, 3] uint8 photo taken with ``camera`` (any model: undistorted here).
         camera: the photo's intrinsics at its full size; ``pose``: its ``cam_from_world``.
+        views: the scene's own photos (camera, pose): each pixel's novelty is measured against them.
     """
     full = (camera.width, camera.height)
     if (photo_rgb.shape[1], photo_rgb.shape[0]) != full:
@@ -327,7 +341,38 @@ def compare_photo(
     known = (alpha >= config.min_alpha) & ~_dilate(x.amax(-1) >= 0.99, 1)
     aligned = fit_gains(x, rgb, (alpha >= config.confident_alpha).float())
     raw = dissimilarity(aligned, rgb, config)
-    return Evidence(name, cam, pose, full, aligned, rgb, depth, alpha, raw, known)
+    nov = None if not views else novelty(cam, pose, depth, views)
+    return Evidence(name, cam, pose, full, aligned, rgb, depth, alpha, raw, known, novelty=nov)
+
+
+def novelty(
+    camera: Camera, pose: Pose, depth: torch.Tensor, views: Sequence[tuple[Camera, Pose]]
+) -> torch.Tensor:
+    """Per pixel [H, W], the angle (degrees) between its ray and the nearest ray of a scene photo to the
+    surface point the render puts there (``depth``: camera z); 180 where no scene photo has that point in
+    its frame (occlusion is not tested: a photo whose frame holds the point counts as seeing it)."""
+    h, w = depth.shape
+    K = torch.as_tensor(camera.K(), dtype=torch.float64)
+    ys, xs = torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5
+    v, u = torch.meshgrid(ys, xs, indexing="ij")
+    d = depth.double().flatten()
+    Xc = torch.stack([(u.flatten() - K[0, 2]) / K[0, 0] * d, (v.flatten() - K[1, 2]) / K[1, 1] * d, d], 1)
+    M = torch.as_tensor(pose.inverse().matrix())
+    X = Xc @ M[:3, :3].T + M[:3, 3]
+    ray = F.normalize(X - M[:3, 3], dim=1)
+    best = torch.full((h * w,), -1.0, dtype=torch.float64)
+    for cam, p in views:
+        V = torch.as_tensor(p.matrix())
+        Xv = X @ V[:3, :3].T + V[:3, 3]
+        Kv = cam.undistorted().K()
+        z = Xv[:, 2]
+        uv = Xv[:, :2] / z.clamp_min(1e-6)[:, None]
+        px, py = Kv[0, 0] * uv[:, 0] + Kv[0, 2], Kv[1, 1] * uv[:, 1] + Kv[1, 2]
+        inside = (z > 0) & (px >= 0) & (px < cam.width) & (py >= 0) & (py < cam.height)
+        cos = (ray * F.normalize(X - torch.as_tensor(p.center()), dim=1)).sum(1)
+        best = torch.where(inside, torch.maximum(best, cos), best)
+    out = torch.rad2deg(torch.arccos(best.clamp(-1, 1)))
+    return torch.where(d > 0, out, torch.full_like(out, 180.0)).reshape(h, w).float()
 
 
 def noise_statistics(evidence: list[Evidence], config: DetectConfig) -> Stats:
@@ -345,26 +390,70 @@ def noise_statistics(evidence: list[Evidence], config: DetectConfig) -> Stats:
         v = torch.cat(vals) if vals else torch.zeros(1)
         if len(v) < 50:
             v = torch.cat([ev.raw[key].flatten() for ev in evidence])
-        med = float(v.median())
-        stats[key] = (med, max(1.4826 * float((v - med).abs().median()), NOISE_FLOOR.get(key, 1e-4)))
+        stats[key] = _robust(v, key)
     return stats
 
 
+def _robust(v: torch.Tensor, key: str) -> tuple[float, float]:
+    med = float(v.median())
+    return med, max(1.4826 * float((v - med).abs().median()), NOISE_FLOOR.get(key, 1e-4))
+
+
+def novelty_noise(evidence: list[Evidence], config: DetectConfig, stats: Stats) -> None:
+    """Each photo's per-pixel noise (``ev.noise``: median and robust deviation maps per dissimilarity)
+    from the bins of novelty (``config.novelty_bins``): each bin's statistics over the confidently
+    rendered pixels of all photos together, never below all pixels' ``stats``. Photos without a novelty
+    map keep ``stats``."""
+    for ev in evidence:
+        ev.noise = None
+    if not config.novelty_bins or any(ev.novelty is None for ev in evidence):
+        return
+    edges = torch.tensor([0.0, *config.novelty_bins, 181.0])
+    gen = torch.Generator().manual_seed(0)
+    bins = [torch.bucketize(ev.novelty, edges[1:-1], right=True) for ev in evidence]
+    table: dict[str, list[tuple[float, float]]] = {}
+    for key in evidence[0].raw:
+        rows = []
+        for b in range(len(edges) - 1):
+            vals = torch.cat([ev.raw[key][(ev.alpha >= config.confident_alpha) & (bb == b)]
+                              for ev, bb in zip(evidence, bins, strict=True)])  # fmt: skip
+            if len(vals) > 200_000:
+                vals = vals[torch.randperm(len(vals), generator=gen)[:200_000]]
+            g = stats[key]
+            if len(vals) < config.novelty_min_pixels:
+                rows.append(g)
+            else:
+                m, sd = _robust(vals, key)
+                rows.append((max(m, g[0]), max(sd, g[1])))
+        table[key] = rows
+    for ev, bb in zip(evidence, bins, strict=True):
+        ev.noise = {k: (torch.tensor([r[0] for r in rows])[bb], torch.tensor([r[1] for r in rows])[bb])
+                    for k, rows in table.items()}  # fmt: skip
+    log.info("noise by novelty (bins %s deg): %s", list(config.novelty_bins),
+             {k: [(round(a, 3), round(b, 3)) for a, b in rows] for k, rows in table.items()})  # fmt: skip
+
+
 def score_evidence(evidence: list[Evidence], config: DetectConfig, stats: Stats | None = None) -> Stats:
-    """Fill each photo's score (the sum of its dissimilarities' robust z-scores), changed and changed_low
-    maps; returns the noise statistics used (computed from the photos unless given)."""
+    """Fill each photo's score (the sum of its dissimilarities' robust z-scores against the noise of
+    pixels as novel as it, see ``novelty_noise``), changed and changed_low maps; returns the noise
+    statistics of all pixels (computed from the photos unless given)."""
     if not evidence:
         return stats or {}
     stats = stats or noise_statistics(evidence, config)
+    novelty_noise(evidence, config, stats)
     for ev in evidence:
-        ev.score = _score(ev.raw, stats)
+        ev.score = _score(ev.raw, stats, ev.noise)
+        ev.plain_score = ev.score if ev.noise is None else _score(ev.raw, stats)
         changed = (ev.score > config.k_mad) & ev.known
         ev.changed = _dilate(_erode(changed, config.open_px), config.open_px) & ev.known
         ev.changed_low = (ev.score > config.k_low) & ev.known
     return stats
 
 
-def _score(raw: dict[str, torch.Tensor], stats: Stats) -> torch.Tensor:
+def _score(raw: dict[str, torch.Tensor], stats: Stats,
+           noise: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:  # fmt: skip
+    if noise is not None:
+        return sum(((raw[k] - noise[k][0]) / noise[k][1]).clamp_min(0) for k in raw)
     return sum(((raw[k] - stats[k][0]) / stats[k][1]).clamp_min(0) for k in raw)
 
 
@@ -657,7 +746,10 @@ def refine_mask(ev: Evidence, footprint: torch.Tensor, config: DetectConfig) -> 
     h, w = f.shape
     core = (_erode(footprint, 1) & ev.changed).numpy() if ev.changed is not None else np.zeros_like(f)
     img = np.ascontiguousarray((ev.photo.clamp(0, 1).numpy() * 255).astype(np.uint8)[..., ::-1])
-    quiet = None if ev.score is None else (ev.score < config.refine_quiet).numpy()
+    # certain background: the photo agrees with the render as well as unchanged pixels anywhere do (the
+    # noise of novel pixels decides what is a change, not how far an object found there extends)
+    score = ev.plain_score if ev.plain_score is not None else ev.score
+    quiet = None if score is None else (score < config.refine_quiet).numpy()
     mask = f
     for _ in range(config.refine_rounds):
         ys, xs = np.nonzero(mask)
@@ -789,7 +881,7 @@ def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch
             continue
         masks[ev.name] = m
         rev = (out.alpha >= config.min_alpha) & (out.depth > ev.depth * (1 + tol))
-        new = _score(dissimilarity(ev.photo, out.rgb.float().clamp(0, 1), config), stats)
+        new = _score(dissimilarity(ev.photo, out.rgb.float().clamp(0, 1), config), stats, ev.noise)
         revealed += float((rev & m).sum())
         better += float((ev.score[m] - new[m]).clamp(-50, 50).sum())
         weight += float(m.sum())
@@ -1080,6 +1172,7 @@ def detect_changes(
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise IDUError(f"{path}: not an idu register --json document ({e})") from None
     splats = version.load_splats().to_torch()
+    views = [(im.entry.camera, im.entry.cam_from_world) for im in version.images()]
     evidence = []
     photos: dict[str, str] = {}
     for r in reg["images"]:
@@ -1091,7 +1184,7 @@ def detect_changes(
         if (rgb.shape[1], rgb.shape[0]) != (camera.width, camera.height):
             raise IDUError(f"{images / r['name']}: photo is {rgb.shape[1]}x{rgb.shape[0]} but its "
                            f"registration says {camera.width}x{camera.height}")  # fmt: skip
-        ev = compare_photo(r["name"], rgb, camera, Pose.from_json(r["cam_from_world"]), splats, config)
+        ev = compare_photo(r["name"], rgb, camera, Pose.from_json(r["cam_from_world"]), splats, config, views)
         evidence.append(ev)
         photos[r["name"]] = "compared"
     stats = score_evidence(evidence, config)

@@ -28,7 +28,9 @@ from reconstruction.changes import (
     detect_changes,
     dissimilarity,
     fit_gains,
+    novelty,
     refine_mask,
+    score_evidence,
 )
 from reconstruction.errors import IDUError
 from reconstruction.render import render
@@ -354,3 +356,59 @@ def test_the_scene_up_is_perpendicular_to_level_cameras_whatever_their_pitch():
     pair = [one, _level_camera(31, 10, (1, 0, 1.5))]
     u = up_direction(pair)
     assert all(abs(u @ p.R[0]) < 0.01 for p in pair) and tilt(u) < 13
+
+
+def _looking_at(centre: np.ndarray, target: np.ndarray) -> Pose:
+    """A camera at ``centre`` looking at ``target`` (x right, y down, world z roughly down the image)."""
+    z = (target - centre) / np.linalg.norm(target - centre)
+    x = np.cross(z, [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    R = np.stack([x, np.cross(z, x), z])
+    return Pose.from_matrix(np.block([[R, (-R @ centre)[:, None]], [np.zeros((1, 3)), np.ones((1, 1))]]))
+
+
+def test_novelty_is_the_angle_to_the_nearest_scene_photo_ray():
+    """A wall 5 m in front of a new photo; scene photos look at its centre from 10 and 40 degrees aside:
+    the centre pixel's novelty is 10 degrees, and 180 where no scene photo's frame holds the wall."""
+    cam = Camera.pinhole(100, 100, 40, 30, 80, 60)
+    pose = Pose.from_matrix(np.eye(4))
+    depth = torch.full((60, 80), 5.0)
+    target = np.array([0.0, 0.0, 5.0])
+    views = [(cam, _looking_at(target + 5 * np.array([np.sin(a), 0, -np.cos(a)]), target))
+             for a in np.radians([40.0, 10.0])]  # fmt: skip
+    nov = novelty(cam, pose, depth, views)
+    assert nov.shape == (60, 80)
+    assert float(nov[30, 40]) == pytest.approx(10.0, abs=0.3)
+    only_far = novelty(cam, pose, depth, views[:1])
+    assert float(only_far[30, 40]) == pytest.approx(40.0, abs=0.3)
+    # a scene photo turned away sees none of it
+    away = [(cam, _looking_at(np.array([0.0, 0.0, -1.0]), np.array([0.0, 0.0, -10.0])))]
+    assert torch.all(novelty(cam, pose, depth, away) == 180.0)
+
+
+def test_pixels_seen_from_where_no_scene_photo_looked_are_scored_against_their_own_noise():
+    """Two photos whose left parts are as novel as the scene photos' own views (dissimilarity 0.1 +- 0.01)
+    and whose right parts lie 45 degrees from every scene photo (0.3 +- 0.1: the scene renders worse
+    there): the same dissimilarity of 0.35 is a change on the left, noise on the right. Without novelty
+    maps every pixel is scored against all pixels' noise."""
+    gen = torch.Generator().manual_seed(0)
+    cam, pose = Camera.pinhole(100, 100, 50, 50, 100, 100), Pose.from_matrix(np.eye(4))
+    evidence = []
+    for k in range(2):
+        left = 0.1 + 0.01 * torch.randn(100, 80, generator=gen)
+        right = 0.3 + 0.1 * torch.randn(100, 20, generator=gen)
+        raw = torch.cat([left, right], 1)
+        raw[50, 40] = raw[50, 90] = 0.35
+        nov = torch.cat([torch.full((100, 80), 5.0), torch.full((100, 20), 45.0)], 1)
+        ones, black = torch.ones(100, 100), torch.zeros(100, 100, 3)
+        evidence.append(Evidence(f"p{k}", cam, pose, (100, 100), black, black, ones, ones, {"chroma": raw},
+                                 ones.bool(), novelty=nov))  # fmt: skip
+    config = DetectConfig(novelty_min_pixels=1000)
+    score_evidence(evidence, config)
+    s = evidence[0].score
+    assert float(s[50, 40]) > config.k_mad and float(s[50, 90]) < config.k_low
+    for ev in evidence:
+        ev.novelty = None
+    score_evidence(evidence, config)
+    assert float(evidence[0].score[50, 90]) == pytest.approx(float(evidence[0].score[50, 40]))
+    assert float(evidence[0].score[50, 90]) > config.k_mad
