@@ -10,8 +10,10 @@ together and does not move it) and one minus the local normalised cross-correlat
 (structure; insensitive to brightness and contrast). Each is turned into a robust z-score with the
 median and MAD of its values on the confidently rendered pixels of *all* photos together (a photo filled
 by a new object cannot hide its change in its own statistics), and the score is their sum: thresholds are
-multiples of the comparison's own noise, not constants tuned per scene. A DINOv2 patch-feature distance
-is the learned backend (``backend="dinov2"``, weights from reconstruction.models).
+multiples of the comparison's own noise, not constants tuned per scene. A scene renders worse far from
+the photos it was fitted to: pixels whose surface no scene photo saw from within 30 degrees are scored
+against the noise of pixels as novel as they (``novelty``), never below all pixels'. A DINOv2
+patch-feature distance is the learned backend (``backend="dinov2"``, weights from reconstruction.models).
 
 Changed pixels are lifted to 3D by voting in a voxel grid over the region the photos see: a voxel is
 changed when at least ``min_views`` photos that see it (in frame, not behind the rendered surface) see it
