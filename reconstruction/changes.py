@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cameras import Camera, Pose, undistort_image
+from .cameras import Camera, Pose, project_points, undistort_image
 from .errors import IDUError
 from .render import render
 from .splat_ops import remove
@@ -347,6 +347,16 @@ def compare_photo(
     return Evidence(name, cam, pose, full, aligned, rgb, depth, alpha, raw, known, novelty=nov)
 
 
+def _lift(camera: Camera, pose: Pose, u: torch.Tensor, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """World points [N, 3] (float64) of pixels (``u`` columns, ``v`` rows: integer indices, their centres at
+    +0.5) at camera depths ``d`` [N] of a pinhole ``camera`` at ``pose``."""
+    K = torch.from_numpy(camera.K()).double()
+    d = d.double()
+    pc = torch.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * d, (v + 0.5 - K[1, 2]) / K[1, 1] * d, d], -1)
+    M = torch.from_numpy(pose.matrix())
+    return (pc - M[:3, 3]) @ M[:3, :3]
+
+
 def novelty(
     camera: Camera, pose: Pose, depth: torch.Tensor, views: Sequence[tuple[Camera, Pose]]
 ) -> torch.Tensor:
@@ -354,24 +364,15 @@ def novelty(
     surface point the render puts there (``depth``: camera z); 180 where no scene photo has that point in
     its frame (occlusion is not tested: a photo whose frame holds the point counts as seeing it)."""
     h, w = depth.shape
-    K = torch.as_tensor(camera.K(), dtype=torch.float64)
-    ys, xs = torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5
-    v, u = torch.meshgrid(ys, xs, indexing="ij")
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     d = depth.double().flatten()
-    Xc = torch.stack([(u.flatten() - K[0, 2]) / K[0, 0] * d, (v.flatten() - K[1, 2]) / K[1, 1] * d, d], 1)
-    M = torch.as_tensor(pose.inverse().matrix())
-    X = Xc @ M[:3, :3].T + M[:3, 3]
-    ray = F.normalize(X - M[:3, 3], dim=1)
+    X = _lift(camera, pose, u.flatten(), v.flatten(), d)
+    ray = F.normalize(X - torch.from_numpy(pose.center()), dim=1)
     best = torch.full((h * w,), -1.0, dtype=torch.float64)
     for cam, p in views:
-        V = torch.as_tensor(p.matrix())
-        Xv = X @ V[:3, :3].T + V[:3, 3]
-        Kv = cam.undistorted().K()
-        z = Xv[:, 2]
-        uv = Xv[:, :2] / z.clamp_min(1e-6)[:, None]
-        px, py = Kv[0, 0] * uv[:, 0] + Kv[0, 2], Kv[1, 1] * uv[:, 1] + Kv[1, 2]
-        inside = (z > 0) & (px >= 0) & (px < cam.width) & (py >= 0) & (py < cam.height)
-        cos = (ray * F.normalize(X - torch.as_tensor(p.center()), dim=1)).sum(1)
+        uv, z = (torch.from_numpy(a) for a in project_points(cam, p, X.numpy()))
+        inside = (z > 0) & (uv >= 0).all(1) & (uv[:, 0] < cam.width) & (uv[:, 1] < cam.height)
+        cos = (ray * F.normalize(X - torch.from_numpy(p.center()), dim=1)).sum(1)
         best = torch.where(inside, torch.maximum(best, cos), best)
     out = torch.rad2deg(torch.arccos(best.clamp(-1, 1)))
     return torch.where(d > 0, out, torch.full_like(out, 180.0)).reshape(h, w).float()
@@ -486,15 +487,11 @@ def seen_bounds(evidence: list[Evidence], pad: float = 0.1) -> tuple[np.ndarray,
     pts = []
     gen = torch.Generator().manual_seed(0)
     for ev in evidence:
-        K = torch.from_numpy(ev.camera.K()).double()
         v, u = torch.nonzero(ev.known, as_tuple=True)
         if len(v) > 20_000:
             keep = torch.randperm(len(v), generator=gen)[:20_000]
             v, u = v[keep], u[keep]
-        d = ev.depth[v, u].double()
-        pc = torch.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * d, (v + 0.5 - K[1, 2]) / K[1, 1] * d, d], -1)
-        M = torch.from_numpy(ev.pose.matrix())
-        pts.append((pc - M[:3, 3]) @ M[:3, :3])
+        pts.append(_lift(ev.camera, ev.pose, u, v, ev.depth[v, u]))
     P = torch.cat(pts).numpy()
     lo, hi = np.percentile(P, 2, axis=0), np.percentile(P, 98, axis=0)
     ext = hi - lo
