@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from .cameras import Camera, Pose, project_points, undistort_image
 from .errors import IDUError
 from .render import render
-from .splat_ops import remove
+from .splat_ops import in_box, remove
 from .splats import Splats
 from .train import _gauss_window
 
@@ -149,6 +149,13 @@ class DetectConfig:
     refine_pad: float = 0.5
     """The hull carved again from the grown masks may reach this share of the first hull's size beyond it
     on every side (a visual hull of a few photos from similar directions stretches along their rays)."""
+    ground_contact: bool = True
+    """An added object whose hull floats above the scene's surface below it (the ground under a person whose
+    legs the change maps miss: grey on grey pavement) by at most ``max_ground_gap`` times its height is
+    extended down to that surface: objects stand on something. The extension is where its masks may grow
+    (GrabCut) and the box reaches; the photos still decide what of it is the object (the grown masks'
+    visual hull)."""
+    max_ground_gap: float = 3.0
     reference_views: int = 4
     """The scene's own photos (nearest first) an added candidate is looked for in ..."""
     min_already_there: float = 0.25
@@ -159,11 +166,12 @@ class DetectConfig:
     more than ``depth_tolerance``) on at least this share of its pixels ..."""
     min_improvement: float = 1.0
     """... and lowers the mean score there by at least this."""
-    moved_size_ratio: float = 1.5
+    moved_size_ratio: float = 4.0
     """A removed and an added object are one moved object when their box sizes (sorted) differ by at
-    most this factor ..."""
-    moved_colour_similarity: float = 0.6
-    """... their colour histograms have at least this Bhattacharyya coefficient ..."""
+    most this factor on every axis (loose: a hull seen from a few photos stretches along their rays) ..."""
+    moved_colour_similarity: float = 0.75
+    """... their colour histograms have at least this Bhattacharyya coefficient (same objects measured
+    0.80-0.95 on the benchmark worlds, different ones nearby 0.56-0.71) ..."""
     moved_max_distance: float = 8.0
     """... and their centres are at most this many object diagonals apart."""
     overview: bool = True
@@ -676,11 +684,52 @@ def _confidence(votes: Votes, sel: torch.Tensor, views: int) -> float:
     return frac * (1 - math.exp(-views / 2))
 
 
+def ground_height(splats: Splats, point: np.ndarray, up: np.ndarray, radius: float, size: int = 24,
+                  min_alpha: float = 0.5) -> float | None:  # fmt: skip
+    """Height along ``up`` of the scene's surface below ``point`` [3]: a small render looking straight down
+    from the point (60 degree field of view); the median depth of its opaque pixels within ``radius`` of the
+    vertical through the point. None when the scene renders nothing there."""
+    u = np.asarray(up, float) / np.linalg.norm(up)
+    side = np.cross(u, [1.0, 0, 0] if abs(u[0]) < 0.9 else [0, 1.0, 0])
+    f = size / 2 / math.tan(math.radians(30))
+    cam = Camera.pinhole(f, f, size / 2, size / 2, size, size)
+    with torch.no_grad():
+        out = render(splats, cam, Pose.look_at(point, point - u, up=side), background=[0.0, 0.0, 0.0])
+    d = out.depth.double()
+    r = (torch.arange(size, dtype=torch.float64) + 0.5 - size / 2) / f
+    off = torch.sqrt(r[None, :] ** 2 + r[:, None] ** 2) * d  # horizontal distance from the vertical
+    ok = (out.alpha > min_alpha) & (off <= radius)
+    if int(ok.sum()) < 4:
+        return None
+    return float(point @ u - d[ok].median())
+
+
+def _to_ground(pts: torch.Tensor, up: np.ndarray, ground: float, step: float) -> torch.Tensor:
+    """Voxel centres [M, 3] filling each vertical column of ``pts`` [P, 3] (columns ``step`` wide) from
+    ``ground`` (height along ``up``) up to the column's lowest point."""
+    u = torch.from_numpy(np.asarray(up, float) / np.linalg.norm(up))
+    h = pts @ u
+    flat = pts - h[:, None] * u
+    key = torch.round(flat / step).long()
+    _, col = torch.unique(key, dim=0, return_inverse=True)
+    low = torch.full((int(col.max()) + 1,), math.inf, dtype=h.dtype).scatter_reduce(0, col, h, "amin")
+    rep = torch.zeros_like(low, dtype=torch.long).scatter_(0, col, torch.arange(len(h)))
+    n = ((low - ground) / step).floor().clamp_min(0).long()
+    if int(n.sum()) == 0:
+        return pts[:0]
+    which = torch.repeat_interleave(torch.arange(len(n)), n)
+    k = torch.arange(len(which)) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+    height = ground + (k.double() + 0.5) * step
+    return flat[rep[which]] + height[:, None] * u
+
+
 def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: DetectConfig,
-           up: np.ndarray) -> Candidate | None:  # fmt: skip
+           up: np.ndarray, splats: Splats | None = None) -> Candidate | None:  # fmt: skip
     """An added object from a cluster of changed voxels in front of the rendered surface: its hull is
     carved on a finer grid around the cluster (a voxel stays when the photos that see it in front of
-    the scene's surface see it changed), its mask in each photo is the hull's footprint there."""
+    the scene's surface see it changed), its mask in each photo is the hull's footprint there. With
+    ``splats`` and ``ground_contact``, a hull floating over the scene's surface is extended down to it
+    first (see ``DetectConfig.ground_contact``)."""
     fine = votes.voxel / config.fine
     lo = X.min(0).values.numpy() - 2 * votes.voxel
     hi = X.max(0).values.numpy() + 2 * votes.voxel
@@ -696,6 +745,18 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
     if (labels >= 0).any():
         main = np.bincount(labels[labels >= 0]).argmax()
         pts = pts[torch.from_numpy(labels == main)]
+    if min(upright_box(pts.numpy(), up)["size"]) < 1.5 * fine:  # a sheet of voxels: a carving artefact
+        return None
+    body, ground = pts, None
+    if config.ground_contact and splats is not None:
+        u = up / np.linalg.norm(up)
+        h = pts.numpy() @ u
+        flat = pts.numpy() - h[:, None] * u
+        centre = flat.mean(0)
+        radius = max(2 * fine, float(np.linalg.norm(flat - centre, axis=1).max()))
+        ground = ground_height(splats, centre + (h.min() + fine) * u, u, radius)
+        if ground is not None and fine < h.min() - ground <= config.max_ground_gap * float(np.ptp(h) + fine):
+            body = torch.cat([pts, _to_ground(pts, u, ground, fine)])
     masks: dict[str, torch.Tensor] = {}
     coverage: dict[str, float] = {}
     feet: dict[str, torch.Tensor] = {}
@@ -706,6 +767,9 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         m = foot & _dilate(ev.changed_low, 1)
         coverage[ev.name] = float(m.sum()) / float(foot.sum())
         if coverage[ev.name] >= config.min_coverage:
+            if body is not pts:
+                foot = _footprint(ev, body, fine, config.depth_tolerance, front_only=True) & ev.known
+                m = foot & _dilate(ev.changed_low, 1)
             masks[ev.name], feet[ev.name] = m, foot
     if len(masks) < config.min_views:
         return None
@@ -713,19 +777,24 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
     if config.refine_masks:
         byname = {ev.name: ev for ev in evidence}
         grown = {n: refine_mask(byname[n], feet[n], config) | masks[n] for n in masks}  # never below the maps
-        refined = _carve(grown, evidence, pts, fine, config)
-        if refined is not None:  # the box stays the first hull's: the carved one stretches along rays
-            masks = refined
-    box = upright_box(pts.numpy(), up)
-    if min(box["size"]) < 1.5 * fine:  # a sheet of voxels: a carving artefact, not a body
-        return None
+        refined = _carve(grown, evidence, body, fine, config)
+    box = upright_box(body.numpy(), up)
+    support_pts = body
+    if refined is not None:  # the box stays the first hull's: the carved one stretches along rays
+        masks, carved = refined
+        inside = torch.from_numpy(in_box(carved.numpy(), box["center"], box["size"], box["rotation_wxyz"]))
+        if int(inside.sum()) >= config.min_voxels:  # what the grown masks hold of the (extended) hull
+            support_pts = carved[inside]
     pix = torch.cat([ev.photo[masks[ev.name]] for ev in evidence if ev.name in masks])
-    support = {"hull_voxels": len(pts), "coverage": {k: round(v, 3) for k, v in coverage.items()},
+    support = {"hull_voxels": len(pts), "ground": None if ground is None else round(ground, 3),
+               "extended_to_ground": len(body) - len(pts),
+               "coverage": {k: round(v, 3) for k, v in coverage.items()},
                "masks": "grown (GrabCut) and carved" if refined is not None else "change maps"}  # fmt: skip
-    log.info("added candidate at %s size %s: coverage %s",
-             np.round(box["center"], 2), np.round(box["size"], 2), support["coverage"])  # fmt: skip
+    log.info("added candidate at %s size %s: coverage %s, ground %s (+%d voxels)",
+             np.round(box["center"], 2), np.round(box["size"], 2), support["coverage"], support["ground"],
+             len(body) - len(pts))  # fmt: skip
     return Candidate("", "added", _confidence(fv, keep, len(masks)), box,
-                     {k: v.numpy() for k, v in masks.items()}, pts.numpy(), views=sorted(masks),
+                     {k: v.numpy() for k, v in masks.items()}, support_pts.numpy(), views=sorted(masks),
                      colour=_colour_hist(pix), evidence=support)  # fmt: skip
 
 
@@ -784,11 +853,11 @@ def refine_mask(ev: Evidence, footprint: torch.Tensor, config: DetectConfig) -> 
 
 
 def _carve(grown: dict[str, torch.Tensor], evidence: list[Evidence], pts: torch.Tensor, fine: float,
-           config: DetectConfig) -> dict[str, torch.Tensor] | None:  # fmt: skip
+           config: DetectConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:  # fmt: skip
     """Each photo's grown mask cut to the footprint of the grown masks' visual hull around the hull
     ``pts`` (a voxel stays when ``hull_fraction`` of the photos that see it in front of the scene's
-    surface have it inside their mask, or near a changed pixel for the photos without one); None when
-    the grown masks do not agree on a body containing the original hull."""
+    surface have it inside their mask, or near a changed pixel for the photos without one), and that
+    hull's voxel centres; None when the grown masks do not agree on a body containing the original hull."""
     lo, hi = pts.min(0).values.numpy(), pts.max(0).values.numpy()
     pad = (hi - lo + fine) * config.refine_pad
     step = fine * max(1.0, (float(np.prod(hi - lo + 2 * pad)) / fine**3 / 2e6) ** (1 / 3))
@@ -818,7 +887,7 @@ def _carve(grown: dict[str, torch.Tensor], evidence: list[Evidence], pts: torch.
         m = grown[ev.name] & _dilate(foot, 1)
         if int(m.sum()) >= 20:
             masks[ev.name] = m
-    return masks if len(masks) >= config.min_views else None
+    return (masks, new) if len(masks) >= config.min_views else None
 
 
 def _absorb_parts(cands: list[Candidate], overlap: float = 0.5) -> list[Candidate]:
@@ -886,8 +955,8 @@ def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch
         weight += float(m.sum())
     revealed /= max(weight, 1)
     better /= max(weight, 1)
-    log.info("removal candidate: %d Gaussians in %d photos, revealed %.2f, score lower by %.2f",
-             len(gone), len(masks), revealed, better)  # fmt: skip
+    log.info("removal candidate at %s: %d Gaussians in %d photos, revealed %.2f, score lower by %.2f",
+             np.round(means[gone].mean(0).numpy(), 2), len(gone), len(masks), revealed, better)  # fmt: skip
     if len(masks) < config.min_views or revealed < config.min_revealed or better < config.min_improvement:
         return None
     gpts = means[gone].numpy()
@@ -904,15 +973,13 @@ def _pair_moved(cands: list[Candidate], config: DetectConfig) -> list[Candidate]
     pairs = []
     for r in removed:
         for a in added:
-            sr, sa = np.sort(r.box["size"]), np.sort(a.box["size"])
-            ratio = float(
-                np.max(
-                    np.maximum(sr, 1e-6) / np.maximum(sa, 1e-6) + np.maximum(sa, 1e-6) / np.maximum(sr, 1e-6)
-                )
-                / 2
-            )
+            sr, sa = np.maximum(np.sort(r.box["size"]), 1e-6), np.maximum(np.sort(a.box["size"]), 1e-6)
+            ratio = float(np.max(np.maximum(sr / sa, sa / sr)))
             colour = float(np.sum(np.sqrt(r.colour * a.colour)))
             dist = float(np.linalg.norm(np.subtract(r.box["center"], a.box["center"])))
+            log.info("moved? removed at %s, added at %s: sizes %.2f, colours %.2f, %.1f diagonals apart",
+                     np.round(r.box["center"], 2), np.round(a.box["center"], 2), ratio, colour,
+                     dist / max(_diag(r.box), _diag(a.box)))  # fmt: skip
             if ratio <= config.moved_size_ratio and colour >= config.moved_colour_similarity and \
                     dist <= config.moved_max_distance * max(_diag(r.box), _diag(a.box)):  # fmt: skip
                 pairs.append((colour, r, a))
@@ -1031,7 +1098,7 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
     # free space in front of the rendered surface can only have been filled
     added = ids[(votes.front[ids].float() >= 0.5 * votes.changed[ids].float()) & ~occupied[ids]]
     for cid in _cluster_ids(votes, added, config):
-        c = _added(votes.centres[cid], evidence, votes, config, up)
+        c = _added(votes.centres[cid], evidence, votes, config, up, splats)
         if c is not None and references:
             check = already_there(c, evidence, references, splats, config, voxel / config.fine)
             c.evidence["before_photos"] = check

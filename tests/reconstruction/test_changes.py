@@ -412,3 +412,73 @@ def test_pixels_seen_from_where_no_scene_photo_looked_are_scored_against_their_o
     score_evidence(evidence, config)
     assert float(evidence[0].score[50, 90]) == pytest.approx(float(evidence[0].score[50, 40]))
     assert float(evidence[0].score[50, 90]) > config.k_mad
+
+
+def _ground(height: float, R: np.ndarray, half: float = 3.0, spacing: float = 0.05) -> Splats:
+    """Opaque flat Gaussians on the plane z = ``height`` over [-half, half]^2, turned by ``R``."""
+    g = np.arange(-half, half + 1e-9, spacing)
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    pts = np.stack([X.ravel(), Y.ravel(), np.full(X.size, height)], 1) @ R.T
+    sp = Splats.empty(len(pts))
+    sp.means = pts.astype(np.float32)
+    sp.scales = np.full((len(pts), 3), np.log(spacing * 0.6), np.float32)
+    sp.opacities = np.full(len(pts), 6.0, np.float32)
+    sp.sh0 = np.zeros((len(pts), 3), np.float32)
+    return sp
+
+
+@pytest.mark.parametrize("turned", [False, True])
+def test_the_ground_under_a_floating_hull_is_found_by_looking_down(turned):
+    """A flat ground 0.3 m above the origin (in a frame turned 40 degrees when ``turned``: COLMAP frames
+    have any up): the surface 1.2 m below a point over it; nothing below a point beyond its edge."""
+    from reconstruction.changes import ground_height
+
+    R = quat_to_matrix(np.array([np.cos(0.35), np.sin(0.35), 0.0, 0.0])) if turned else np.eye(3)
+    up = R @ [0.0, 0.0, 1.0]
+    splats = _ground(0.3, R)
+    point = R @ [0.4, -0.2, 1.5]
+    assert ground_height(splats, point, up, radius=0.3) == pytest.approx(0.3, abs=0.02)
+    assert ground_height(splats, R @ [9.0, 0.0, 1.5], up, radius=0.3) is None
+
+
+def test_a_hull_is_extended_down_to_the_ground_column_by_column():
+    """Two columns of a hull (one 1.0-1.4 m up, one 1.2-1.4 m up) filled down to the ground at 0.2 m."""
+    from reconstruction.changes import _to_ground
+
+    step = 0.1
+    z = torch.arange(1.0 + step / 2, 1.4, step, dtype=torch.float64)
+    a = torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], 1)
+    b = a[z > 1.2] + torch.tensor([step, 0.0, 0.0], dtype=torch.float64)
+    fill = _to_ground(torch.cat([a, b]), np.array([0.0, 0.0, 1.0]), 0.2, step)
+    under_a = fill[fill[:, 0].abs() < 1e-9]
+    under_b = fill[(fill[:, 0] - step).abs() < 1e-9]
+    assert len(under_a) + len(under_b) == len(fill)
+    assert len(under_a) == 8 and len(under_b) == 10  # (1.0 - 0.2) / 0.1 and (1.2 - 0.2) / 0.1 voxels
+    assert float(fill[:, 2].min()) == pytest.approx(0.25) and float(under_a[:, 2].max()) == pytest.approx(
+        0.95
+    )
+    assert torch.all(fill[:, 1] == 0)
+
+
+def test_a_removed_and_an_added_object_are_one_moved_object_only_when_they_look_alike():
+    """A planter's old place and its new one (same colours; the new hull stretched 3x along the photos'
+    rays) pair up as moved; a person that appeared near the old place of a crate (other colours) does not."""
+    from reconstruction.changes import Candidate, _colour_hist, _pair_moved
+
+    gen = torch.Generator().manual_seed(0)
+    green = (torch.tensor([0.3, 0.6, 0.2]) + 0.05 * torch.randn(500, 3, generator=gen)).clamp(0, 1)
+    brown = (torch.tensor([0.6, 0.45, 0.25]) + 0.05 * torch.randn(500, 3, generator=gen)).clamp(0, 1)
+
+    def cand(kind, centre, size, pixels):
+        box = {"center": list(centre), "size": list(size), "rotation_wxyz": [1.0, 0, 0, 0]}
+        return Candidate("", kind, 0.9, box, {}, np.zeros((1, 3)), colour=_colour_hist(pixels))
+
+    planter = [
+        cand("removed", (0, 0, 0.7), (1.2, 1.2, 1.5), green),
+        cand("added", (3, 1, 0.7), (1.2, 3.6, 1.5), green),
+    ]
+    out = _pair_moved(planter, DetectConfig())
+    assert [c.kind for c in out] == ["moved"] and out[0].box_before == planter[0].box
+    crate_and_person = [cand("removed", (0, 0, 0.5), (0.9, 1.7, 1.1), brown),
+                        cand("added", (2, 1, 0.9), (0.6, 1.2, 1.7), green)]  # fmt: skip
+    assert sorted(c.kind for c in _pair_moved(crate_and_person, DetectConfig())) == ["added", "removed"]
