@@ -979,8 +979,9 @@ def _refine_guided(index: SceneIndex, photo: Photo, xy: np.ndarray, desc: np.nda
     gathered 100 inliers and a rotation certainty of 0.04 degrees). So the rounds start from the pose and
     from poses moved along its least certain directions (``_starts``), and the runs that reach the
     smallest radius are judged on the same data: every correspondence any of them found at that radius,
-    scored by the truncated squared reprojection error (MSAC) at each run's final pose; the run from the
-    pose itself is left only for one clearly better (``guided_evidence``). The chosen run's round whose
+    scored by the truncated squared reprojection error (MSAC) at each run's final pose; the first of those
+    runs (the one from the pose itself when it reached that radius, else the first start's that did) is
+    left only for one clearly better (``guided_evidence``). The chosen run's round whose
     rotation is most certain is kept when that certainty is within ``refine_above_deg``; otherwise the
     pose from matches found without a pose stays."""
     runs = [r for r in (_guided_rounds(index, photo, xy, desc, replace(sol, pose=pose), config)
@@ -1001,8 +1002,9 @@ def _refine_guided(index: SceneIndex, photo: Photo, xy: np.ndarray, desc: np.nda
             uv, _ = project_points(run[-1].camera, run[-1].pose, index.points[pairs[:, 1]])
             return float(np.minimum(np.sum(np.square(uv - xy[pairs[:, 0]]), 1), cut).sum())
 
-        # The run from the pose itself stays unless another explains the data better beyond doubt: by a
-        # log-likelihood ratio of ``guided_evidence`` under the pixel noise its own inliers show.
+        # The first deepest run (the pose's own when it got that deep) stays unless another explains the
+        # data better beyond doubt: by a log-likelihood ratio of ``guided_evidence`` under the pixel
+        # noise its own inliers show.
         first = runs[0][-1]
         sigma = max(0.25, first.metrics["reprojection_error"] / math.sqrt(2))  # per axis
         costs = [cost(r) for r in runs]
