@@ -156,6 +156,10 @@ class DetectConfig:
     (GrabCut) and the box reaches; the photos still decide what of it is the object (the grown masks'
     visual hull)."""
     max_ground_gap: float = 3.0
+    max_ground_slope: float = 0.2
+    """The surface found under an object is the ground when its height differs from the ground in front of
+    the nearest photo (``floor_points``) by at most this share of their horizontal distance: a hull
+    stretched along its photos' rays ends below the ground, where a render finds junk under it."""
     reference_views: int = 4
     """The scene's own photos (nearest first) an added candidate is looked for in ..."""
     min_already_there: float = 0.25
@@ -704,6 +708,26 @@ def ground_height(splats: Splats, point: np.ndarray, up: np.ndarray, radius: flo
     return float(point @ u - d[ok].median())
 
 
+def floor_points(
+    evidence: list[Evidence], up: np.ndarray, rows: float = 0.15
+) -> list[tuple[np.ndarray, float]]:
+    """Per photo, where the ground in front of the photographer is: the median of the surface points the
+    scene renders opaque in the photo's bottom ``rows`` share of rows, and its height along ``up``."""
+    u = np.asarray(up, float) / np.linalg.norm(up)
+    out = []
+    for ev in evidence:
+        h, w = ev.depth.shape
+        y0 = int(h * (1 - rows))
+        ok = (ev.alpha[y0:] > 0.5) & (ev.depth[y0:] > 0)
+        if int(ok.sum()) < 20:
+            continue
+        v, x = torch.nonzero(ok, as_tuple=True)
+        X = _lift(ev.camera, ev.pose, x.double(), (v + y0).double(), ev.depth[y0:][ok])
+        P = np.median(X.numpy(), 0)
+        out.append((P, float(np.median(X.numpy() @ u))))
+    return out
+
+
 def _to_ground(pts: torch.Tensor, up: np.ndarray, ground: float, step: float) -> torch.Tensor:
     """Voxel centres [M, 3] filling each vertical column of ``pts`` [P, 3] (columns ``step`` wide) from
     ``ground`` (height along ``up``) up to the column's lowest point."""
@@ -724,12 +748,14 @@ def _to_ground(pts: torch.Tensor, up: np.ndarray, ground: float, step: float) ->
 
 
 def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: DetectConfig,
-           up: np.ndarray, splats: Splats | None = None) -> Candidate | None:  # fmt: skip
+           up: np.ndarray, splats: Splats | None = None,
+           floors: list[tuple[np.ndarray, float]] | None = None) -> Candidate | None:  # fmt: skip
     """An added object from a cluster of changed voxels in front of the rendered surface: its hull is
     carved on a finer grid around the cluster (a voxel stays when the photos that see it in front of
     the scene's surface see it changed), its mask in each photo is the hull's footprint there. With
     ``splats`` and ``ground_contact``, a hull floating over the scene's surface is extended down to it
-    first (see ``DetectConfig.ground_contact``)."""
+    first (see ``DetectConfig.ground_contact``) when that surface is level with the ground the photos
+    show in front of them (``floors``, see ``floor_points``)."""
     fine = votes.voxel / config.fine
     lo = X.min(0).values.numpy() - 2 * votes.voxel
     hi = X.max(0).values.numpy() + 2 * votes.voxel
@@ -755,7 +781,16 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         centre = flat.mean(0)
         radius = max(2 * fine, float(np.linalg.norm(flat - centre, axis=1).max()))
         ground = ground_height(splats, centre + (h.min() + fine) * u, u, radius)
-        if ground is not None and fine < h.min() - ground <= config.max_ground_gap * float(np.ptp(h) + fine):
+        level = None
+        if ground is not None and floors:  # the ground the photographers stood on, nearest first
+            near = min(floors, key=lambda f: float(np.linalg.norm(f[0] - f[0] @ u * u - centre)))
+            rise = abs(ground - near[1])
+            level = rise <= config.max_ground_slope * float(
+                np.linalg.norm(near[0] - near[0] @ u * u - centre)
+            )
+        log.info("ground under the hull at %s: %s; in front of the nearest photo %s", np.round(centre, 2),
+                 ground, level)  # fmt: skip
+        if level and fine < h.min() - ground <= config.max_ground_gap * float(np.ptp(h) + fine):
             body = torch.cat([pts, _to_ground(pts, u, ground, fine)])
     masks: dict[str, torch.Tensor] = {}
     coverage: dict[str, float] = {}
@@ -1095,10 +1130,11 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
             ev.changed, ev.changed_low = ev.changed & ~gone, ev.changed_low & ~gone
         votes = vote(evidence, centres, voxel, config)
         ids = torch.nonzero(_selected(votes, config)).flatten()
+    floors = floor_points(evidence, up) if config.ground_contact else []
     # free space in front of the rendered surface can only have been filled
     added = ids[(votes.front[ids].float() >= 0.5 * votes.changed[ids].float()) & ~occupied[ids]]
     for cid in _cluster_ids(votes, added, config):
-        c = _added(votes.centres[cid], evidence, votes, config, up, splats)
+        c = _added(votes.centres[cid], evidence, votes, config, up, splats, floors)
         if c is not None and references:
             check = already_there(c, evidence, references, splats, config, voxel / config.fine)
             c.evidence["before_photos"] = check

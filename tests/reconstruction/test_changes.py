@@ -21,7 +21,7 @@ from PIL import Image
 
 from bench.bench_detect import judge_detection
 from bench.runner import true_registration
-from reconstruction.cameras import Camera, Pose, quat_to_matrix
+from reconstruction.cameras import Camera, Pose, matrix_to_quat, quat_to_matrix
 from reconstruction.changes import (
     DetectConfig,
     Evidence,
@@ -415,13 +415,16 @@ def test_pixels_seen_from_where_no_scene_photo_looked_are_scored_against_their_o
 
 
 def _ground(height: float, R: np.ndarray, half: float = 3.0, spacing: float = 0.05) -> Splats:
-    """Opaque flat Gaussians on the plane z = ``height`` over [-half, half]^2, turned by ``R``."""
+    """Opaque flat Gaussians (discs) on the plane z = ``height`` over [-half, half]^2, turned by ``R``."""
     g = np.arange(-half, half + 1e-9, spacing)
     X, Y = np.meshgrid(g, g, indexing="ij")
     pts = np.stack([X.ravel(), Y.ravel(), np.full(X.size, height)], 1) @ R.T
     sp = Splats.empty(len(pts))
     sp.means = pts.astype(np.float32)
     sp.scales = np.full((len(pts), 3), np.log(spacing * 0.6), np.float32)
+    sp.scales[:, 2] = np.log(0.002)
+    q = matrix_to_quat(R)
+    sp.quats = np.tile(q, (len(pts), 1)).astype(np.float32)
     sp.opacities = np.full(len(pts), 6.0, np.float32)
     sp.sh0 = np.zeros((len(pts), 3), np.float32)
     return sp
@@ -482,3 +485,21 @@ def test_a_removed_and_an_added_object_are_one_moved_object_only_when_they_look_
     crate_and_person = [cand("removed", (0, 0, 0.5), (0.9, 1.7, 1.1), brown),
                         cand("added", (2, 1, 0.9), (0.6, 1.2, 1.7), green)]  # fmt: skip
     assert sorted(c.kind for c in _pair_moved(crate_and_person, DetectConfig())) == ["added", "removed"]
+
+
+def test_the_ground_in_front_of_each_photo_is_where_its_bottom_rows_meet_the_scene():
+    """A level camera 1.6 m above a ground at 0.3 m, looking 20 degrees down: its bottom rows show the
+    ground a few metres ahead; the point found is on the ground, in front of the camera."""
+    from reconstruction.changes import floor_points
+
+    splats = _ground(0.3, np.eye(3), half=8.0, spacing=0.05)
+    cam = Camera.pinhole(60, 60, 40, 30, 80, 60)
+    pose = _level_camera(0, 20, (0.0, 0.0, 1.9))
+    with torch.no_grad():
+        out = render(splats, cam, pose)
+    black = torch.zeros(60, 80, 3)
+    ev = Evidence("p.png", cam, pose, (80, 60), black, out.rgb, out.depth, out.alpha, {}, out.alpha > 0.5)
+    [(point, height)] = floor_points([ev], np.array([0.0, 0.0, 1.0]))
+    # (a splat's depth is its centre's, and the nearer ones win at grazing angles: a few cm high)
+    assert height == pytest.approx(0.3, abs=0.05) and point[2] == pytest.approx(0.3, abs=0.05)
+    assert 1.4 < point[0] < 2.1 and abs(point[1]) < 0.2  # bottom rows look 40-46 degrees down: 1.55-1.93 m
