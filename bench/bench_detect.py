@@ -2,6 +2,7 @@
 
     python -m bench.bench_detect [WORLD_DIR ...] [--poses true|registered] [--photometric-only] [--json OUT]
     python -m bench.bench_detect --fox ../shared/data/fox [--json OUT]
+    python -m bench.bench_detect WORLD_DIR --timing [--work-size 512] [--json OUT]
 
 WORLD_DIR defaults to the test fixture (small world, seed 0). The scene is the world's before-capture
 bootstrapped with its known cameras (the runner's default preset, cached); the new photos are the whole
@@ -15,6 +16,11 @@ A ground-truth change visible in >= 2 after-photos is *found* when a candidate's
 is its match. Reported: recall; kind accuracy of the matches; mean per-photo mask IoU of the matches
 (full resolution, every photo where the object is visible, a photo without a predicted mask counting 0);
 box centre error over the object's diagonal; false candidates (matching no change).
+
+``--timing``: the time to render the scene at each after-photo's true pose and compare them
+(``compare_photo``, at ``--work-size``: 512 compares a 4:3 photo at 512x384), and of the whole stage
+(``detect_changes``: compare, vote, hulls, masks, outputs) on the first K = 6 and on all 12 after-photos of
+a medium world.
 
 ``--fox``: the scene is built from ``images/`` (cached, as in bench_fox), the photos of ``images_holdout/``
 are registered and compared; nothing changed there, so every candidate is false.
@@ -135,6 +141,43 @@ def bench_world(world: Path | None, poses: str, config: DetectConfig, keep: Path
     return {"world": str(world), "size": gt.get("size"), "seed": gt.get("seed"), "poses": poses, **res}
 
 
+def bench_timing(world: Path, config: DetectConfig, ks: tuple[int, ...] = (6, 12)) -> dict[str, Any]:
+    """Seconds per photo of render + compare, and of the whole stage for K photos (see the docstring)."""
+    from bench.runner import true_registration
+    from reconstruction.cameras import Camera, Pose
+    from reconstruction.changes import compare_photo
+    from reconstruction.registration import load_rgb
+
+    gt = load_world(world)
+    boot = BootstrapConfig(train=preset("default"), progress=False)
+    scene = cached_bootstrap(world, gt, world / "before" / "images", boot, "before", "known")
+    version = scene.version()
+    splats = version.load_splats().to_torch()
+    views = [(im.entry.camera, im.entry.cam_from_world) for im in version.images()]
+    camera = Camera.from_json(gt["cameras"]["after"])
+    per_photo = []
+    for im in gt["after"]["images"]:
+        rgb = load_rgb(world / "after" / "images" / im["name"], max(camera.width, camera.height))
+        t0 = time.perf_counter()
+        pose = Pose.from_json(im["cam_from_world"])
+        ev = compare_photo(im["name"], rgb, camera, pose, splats, config, views)
+        per_photo.append(time.perf_counter() - t0)
+    names = [im["name"] for im in gt["after"]["images"]]
+    stage = {}
+    for k in ks:
+        if k > len(names):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            doc = detect_changes(version, world / "after" / "images", Path(tmp) / "out",
+                                 true_registration(gt, names[:k]), config)  # fmt: skip
+            stage[k] = {"seconds": time.perf_counter() - t0, "candidates": len(doc["candidates"])}
+    return {"world": str(world), "photo_size": [camera.width, camera.height],
+            "compared_at": list(ev.photo.shape[1::-1]), "scene_gaussians": len(splats.means),
+            "render_compare_seconds": [round(t, 3) for t in per_photo],
+            "render_compare_median": float(np.median(per_photo)), "stage": stage}  # fmt: skip
+
+
 def bench_fox(fox: Path, config: DetectConfig, keep: Path | None) -> dict[str, Any]:
     """The fox scene (built from images/, cached) and its held-out photos, registered then compared."""
     from bench.bench_fox import build_scene
@@ -164,9 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene-from", type=Path, help="use the scene of this world (the twin of a world made "
                     "with `idu bench world --no-changes`)")  # fmt: skip
     ap.add_argument("--fox", type=Path, help="the fox dataset folder (images/, images_holdout/)")
+    ap.add_argument("--timing", action="store_true", help="time render + compare per photo and the stage "
+                    "for K = 6 and 12 photos (a medium world)")  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     config = DetectConfig(work_size=args.work_size)
+    if args.timing:
+        reports = [bench_timing(w, config) for w in args.worlds]
+        for r in reports:
+            stage = ", ".join(f"K={k}: {v['seconds']:.0f} s" for k, v in r["stage"].items())
+            print(f"{r['world']}: render + compare {r['render_compare_median']:.2f} s per photo at "
+                  f"{r['compared_at'][0]}x{r['compared_at'][1]}; stage {stage}", file=sys.stderr)  # fmt: skip
+        emit_report({"config": dataclasses.asdict(config), "timing": reports}, args.json)
+        return 0
     if args.fox:
         reports = [bench_fox(args.fox, config, args.keep)]
     else:
