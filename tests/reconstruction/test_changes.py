@@ -503,3 +503,24 @@ def test_the_ground_in_front_of_each_photo_is_where_its_bottom_rows_meet_the_sce
     # (a splat's depth is its centre's, and the nearer ones win at grazing angles: a few cm high)
     assert height == pytest.approx(0.3, abs=0.05) and point[2] == pytest.approx(0.3, abs=0.05)
     assert 1.4 < point[0] < 2.1 and abs(point[1]) < 0.2  # bottom rows look 40-46 degrees down: 1.55-1.93 m
+
+
+def test_novelty_measured_on_blocks_holds_for_each_block():
+    """Measured at each 4x4 block's centre pixel it equals the full measurement there, and stays within the
+    angle the block spans elsewhere (but along the edges of the scene photos' frames, where it jumps);
+    pixels without a surface are 180 either way."""
+    cam = Camera.pinhole(100, 100, 40, 30, 80, 60)
+    depth = torch.full((60, 80), 5.0)
+    depth[:, :6] = 0.0  # no surface
+    target = np.array([0.0, 0.0, 5.0])
+    views = [(cam, _looking_at(target + 5 * np.array([np.sin(a), 0, -np.cos(a)]), target))
+             for a in np.radians([40.0, 10.0])]  # fmt: skip
+    full = novelty(cam, Pose.from_matrix(np.eye(4)), depth, views)
+    blocks = novelty(cam, Pose.from_matrix(np.eye(4)), depth, views, stride=4)
+    assert blocks.shape == full.shape
+    assert torch.equal(blocks[2::4, 6::4], full[2::4, 6::4])
+    diff = (blocks - full).abs()
+    assert float(diff.median()) < 0.5  # 2-3 pixels at f = 100: under 2 degrees of ray
+    # only along the edges of the scene photos' frames may a block take another nearest photo
+    assert float((diff > 3.0).float().mean()) < 0.1
+    assert torch.all(blocks[:, :6] == 180.0)
