@@ -991,9 +991,13 @@ def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch
     revealed, better, weight = 0.0, 0.0, 0.0
     masks: dict[str, torch.Tensor] = {}
     for ev in evidence:
+        if not bool(_project(ev, means[gone])[2].any()):  # none of them in this photo's frame
+            continue
         with torch.no_grad():
-            out = render(rest, ev.camera, ev.pose, background=(0.0, 0.0, 0.0))
             obj = render(only, ev.camera, ev.pose, background=(0.0, 0.0, 0.0))
+            if int((obj.alpha > 0.5).sum()) < 20:  # too little of them to judge here
+                continue
+            out = render(rest, ev.camera, ev.pose, background=(0.0, 0.0, 0.0))
         # where the removed Gaussians are what the scene shows: opaque and not behind the rest
         m = (obj.alpha > 0.5) & ((out.alpha < config.min_alpha) | (obj.depth <= out.depth * (1 + tol)))
         m &= ev.known
