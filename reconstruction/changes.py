@@ -25,11 +25,14 @@ clustered (open3d DBSCAN).
 - An added cluster becomes an object by carving its hull on a finer grid (a voxel stays when at least
   ``hull_fraction`` of the photos that see it in front of the scene's surface see it changed); its mask
   in each photo is the hull's footprint on the changed pixels; a photo supports it when the changed
-  pixels cover ``min_coverage`` of the footprint. The change maps catch an object's edges and textured
-  parts, not its plain ones, so that hull is a core: each supporting photo's mask is grown from its
-  footprint by GrabCut (the object's colours against the region around it), a hull carved again from
-  the grown masks (visual hull), and each mask cut to that hull's footprint (the box stays the first
-  hull's: a visual hull of a few photos stretches along their rays). An added candidate whose masks lie
+  pixels cover ``min_coverage`` of the footprint. A hull floating over the scene's surface below it, level
+  with the ground in front of the photos, is extended down to it (``ground_contact``: objects stand on
+  something; the legs of a person are often what the change maps miss). The change maps catch an
+  object's edges and textured parts, not its plain ones, so that hull is a core: each supporting
+  photo's mask is grown from its footprint by GrabCut (the object's colours against the region around
+  it), a hull carved again from the grown masks (visual hull), and each mask cut to that hull's
+  footprint (the box stays the first hull's, extended: a visual hull of a few photos stretches along
+  their rays). An added candidate whose masks lie
   inside a bigger one's is a part of it.
 - A removed cluster names the scene's Gaussians there that the photos see changed; it is confirmed only
   when rendering the scene without them reveals background (opaque, farther) that agrees better with the
@@ -156,6 +159,7 @@ class DetectConfig:
     (GrabCut) and the box reaches; the photos still decide what of it is the object (the grown masks'
     visual hull)."""
     max_ground_gap: float = 3.0
+    """(times the hull's height)"""
     max_ground_slope: float = 0.2
     """The surface found under an object is the ground when its height differs from the ground in front of
     the nearest photo (``floor_points``) by at most this share of their horizontal distance: a hull
@@ -799,12 +803,9 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         radius = max(2 * fine, float(np.linalg.norm(flat - centre, axis=1).max()))
         ground = ground_height(splats, centre + (h.min() + fine) * u, u, radius)
         level = None
-        if ground is not None and floors:  # the ground the photographers stood on, nearest first
-            near = min(floors, key=lambda f: float(np.linalg.norm(f[0] - f[0] @ u * u - centre)))
-            rise = abs(ground - near[1])
-            level = rise <= config.max_ground_slope * float(
-                np.linalg.norm(near[0] - near[0] @ u * u - centre)
-            )
+        if ground is not None and floors:  # the ground in front of the nearest photo
+            dist, height = min((float(np.linalg.norm(p - (p @ u) * u - centre)), g) for p, g in floors)
+            level = abs(ground - height) <= config.max_ground_slope * dist
         log.info("ground under the hull at %s: %s; in front of the nearest photo %s", np.round(centre, 2),
                  ground, level)  # fmt: skip
         if level and fine < h.min() - ground <= config.max_ground_gap * float(np.ptp(h) + fine):
