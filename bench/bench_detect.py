@@ -122,6 +122,12 @@ def judge_detection(doc: dict[str, Any], out: Path, world: Path, gt: dict[str, A
     }
 
 
+def world_scene(world: Path):
+    """The world's before-capture bootstrapped with its known cameras (the `default` preset, cached)."""
+    boot = BootstrapConfig(train=preset("default"), progress=False)
+    return cached_bootstrap(world, load_world(world), world / "before" / "images", boot, "before", "known")
+
+
 def bench_world(world: Path | None, poses: str, config: DetectConfig, keep: Path | None,
                 scene_from: Path | None = None) -> dict[str, Any]:  # fmt: skip
     if world is None:
@@ -129,9 +135,7 @@ def bench_world(world: Path | None, poses: str, config: DetectConfig, keep: Path
         gt = load_world(world)
     else:
         gt = load_world(world)
-        src = scene_from or world  # a world without changes shares its twin's before-capture and scene
-        boot = BootstrapConfig(train=preset("default"), progress=False)
-        scene = cached_bootstrap(src, load_world(src), src / "before" / "images", boot, "before", "known")
+        scene = world_scene(scene_from or world)  # a world without changes shares its twin's scene
     reg = None
     if poses == "registered":
         from reconstruction.registration import register_photos
@@ -149,9 +153,7 @@ def bench_timing(world: Path, config: DetectConfig, ks: tuple[int, ...] = (6, 12
     from reconstruction.registration import load_rgb
 
     gt = load_world(world)
-    boot = BootstrapConfig(train=preset("default"), progress=False)
-    scene = cached_bootstrap(world, gt, world / "before" / "images", boot, "before", "known")
-    version = scene.version()
+    version = world_scene(world).version()
     splats = version.load_splats().to_torch()
     views = [(im.entry.camera, im.entry.cam_from_world) for im in version.images()]
     camera = Camera.from_json(gt["cameras"]["after"])

@@ -32,8 +32,7 @@ clustered (open3d DBSCAN).
   photo's mask is grown from its footprint by GrabCut (the object's colours against the region around
   it), a hull carved again from the grown masks (visual hull), and each mask cut to that hull's
   footprint (the box stays the first hull's, extended: a visual hull of a few photos stretches along
-  their rays). An added candidate whose masks lie
-  inside a bigger one's is a part of it.
+  their rays). An added candidate whose masks lie inside a bigger one's is a part of it.
 - A removed cluster names the scene's Gaussians there that the photos see changed; it is confirmed only
   when rendering the scene without them reveals background (opaque, farther) that agrees better with the
   photos (a shadow or a light change on a wall reveals nothing behind it and is not a removal); its mask
@@ -488,9 +487,8 @@ def score_evidence(evidence: list[Evidence], config: DetectConfig, stats: Stats 
 
 def _score(raw: dict[str, torch.Tensor], stats: Stats,
            noise: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:  # fmt: skip
-    if noise is not None:
-        return sum(((raw[k] - noise[k][0]) / noise[k][1]).clamp_min(0) for k in raw)
-    return sum(((raw[k] - stats[k][0]) / stats[k][1]).clamp_min(0) for k in raw)
+    ref = stats if noise is None else noise  # (median, deviation) per dissimilarity: scalars or maps
+    return sum(((raw[k] - ref[k][0]) / ref[k][1]).clamp_min(0) for k in raw)
 
 
 def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
@@ -737,15 +735,13 @@ def floor_points(
     u = np.asarray(up, float) / np.linalg.norm(up)
     out = []
     for ev in evidence:
-        h, w = ev.depth.shape
-        y0 = int(h * (1 - rows))
+        y0 = int(ev.depth.shape[0] * (1 - rows))
         ok = (ev.alpha[y0:] > 0.5) & (ev.depth[y0:] > 0)
         if int(ok.sum()) < 20:
             continue
         v, x = torch.nonzero(ok, as_tuple=True)
-        X = _lift(ev.camera, ev.pose, x.double(), (v + y0).double(), ev.depth[y0:][ok])
-        P = np.median(X.numpy(), 0)
-        out.append((P, float(np.median(X.numpy() @ u))))
+        X = _lift(ev.camera, ev.pose, x.double(), (v + y0).double(), ev.depth[y0:][ok]).numpy()
+        out.append((np.median(X, 0), float(np.median(X @ u))))
     return out
 
 
@@ -817,13 +813,12 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         foot = _footprint(ev, pts, fine, config.depth_tolerance, front_only=True) & ev.known
         if int(foot.sum()) < 20:
             continue
-        m = foot & _dilate(ev.changed_low, 1)
-        coverage[ev.name] = float(m.sum()) / float(foot.sum())
+        near = _dilate(ev.changed_low, 1)
+        coverage[ev.name] = float((foot & near).sum()) / float(foot.sum())
         if coverage[ev.name] >= config.min_coverage:
-            if body is not pts:
+            if body is not pts:  # the extended hull's footprint is where the mask may be
                 foot = _footprint(ev, body, fine, config.depth_tolerance, front_only=True) & ev.known
-                m = foot & _dilate(ev.changed_low, 1)
-            masks[ev.name], feet[ev.name] = m, foot
+            masks[ev.name], feet[ev.name] = foot & near, foot
     if len(masks) < config.min_views:
         return None
     refined = None
