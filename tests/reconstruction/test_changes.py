@@ -489,7 +489,7 @@ def test_a_removed_and_an_added_object_are_one_moved_object_only_when_they_look_
 
 def test_the_ground_in_front_of_each_photo_is_where_its_bottom_rows_meet_the_scene():
     """A level camera 1.6 m above a ground at 0.3 m, looking 20 degrees down: its bottom rows show the
-    ground a few metres ahead; the point found is on the ground, in front of the camera."""
+    ground 1.5-1.9 m ahead; the point found is on the ground, in front of the camera."""
     from reconstruction.changes import floor_points
 
     splats = _ground(0.3, np.eye(3), half=8.0, spacing=0.05)
