@@ -32,7 +32,10 @@ clustered (open3d DBSCAN).
   photo's mask is grown from its footprint by GrabCut (the object's colours against the region around
   it), a hull carved again from the grown masks (visual hull), and each mask cut to that hull's
   footprint (the box stays the first hull's, extended: a visual hull of a few photos stretches along
-  their rays). An added candidate whose masks lie inside a bigger one's is a part of it.
+  their rays). An added candidate whose masks lie inside a bigger one's is a part of it. One the scene's
+  own photos already show is dropped: in those photos its footprint looks like it, clearly more than the
+  ring around the footprint does (the scene renders it poorly), or as much as the footprints there look
+  like one another (a shadow moved over the ground: nothing new stands there).
 - A removed cluster names the scene's Gaussians there that the photos see changed; it is confirmed only
   when rendering the scene without them reveals background (opaque, farther) that agrees better with the
   photos (a shadow or a light change on a wall reveals nothing behind it and is not a removal); its mask
@@ -168,6 +171,10 @@ class DetectConfig:
     min_already_there: float = 0.25
     """... it was already there (the scene just renders it badly) when its footprint there looks more like
     the object than the ring around the footprint does by this much (Bhattacharyya coefficients, median)."""
+    same_as_before: float = 0.9
+    """... or when the footprints in those photos look as much like the object as they look like one another
+    (the place's own agreement across its photos), up to this factor: what the new photos show there is
+    what the scene's photos showed (a shadow moved over the ground, a surface the scene renders poorly)."""
     min_revealed: float = 0.5
     """A removal is confirmed when rendering without its Gaussians reveals background (opaque, farther by
     more than ``depth_tolerance``) on at least this share of its pixels ..."""
@@ -1076,8 +1083,9 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
     """Whether an added candidate was already in the scene's own photos (the scene failed to reconstruct it
     well, e.g. a thin or small object seen from a novel pose): in the reference photos that see its hull,
     the hull's footprint must look like the object in the new photos (chromaticity histograms) and clearly
-    more so than the ring of pixels around the footprint. Returns the per-reference similarities, or None
-    when no reference photo sees the hull."""
+    more so than the ring of pixels around the footprint, or look as much like it as the reference
+    footprints look like one another (``same_as_before``: with two references or more). Returns the
+    per-reference similarities, or None when no reference photo sees the hull."""
     from .registration import load_rgb
 
     pts = torch.as_tensor(cand.points, dtype=torch.float64)
@@ -1094,7 +1102,7 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
         if 0 <= u < r.camera.width and 0 <= v < r.camera.height:
             ranked.append((pc[2], r))
     ranked.sort(key=lambda t: t[0])
-    sims = {}
+    sims, feet = {}, []
     for _, r in ranked[: config.reference_views]:
         rgb = load_rgb(r.path, max(r.camera.width, r.camera.height))
         ev = compare_photo(r.name, rgb, r.camera, r.pose, splats, config)
@@ -1105,10 +1113,17 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
         ring = _dilate(foot, max(2, round(math.sqrt(area) / 3))) & ~foot & ev.known
         f, g = _similarity(obj, _chroma_hist(ev.photo[foot])), _similarity(obj, _chroma_hist(ev.photo[ring]))
         sims[r.name] = {"footprint": round(f, 3), "ring": round(g, 3)}
+        feet.append(_chroma_hist(ev.photo[foot]))
     if not sims:
         return None
     gain = float(np.median([s["footprint"] - s["ring"] for s in sims.values()]))
-    return {"references": sims, "gain": round(gain, 3), "already_there": gain >= config.min_already_there}
+    agreement = float(np.median([s["footprint"] for s in sims.values()]))
+    between = [_similarity(a, b) for i, a in enumerate(feet) for b in feet[i + 1 :]]
+    consistency = float(np.median(between)) if between else None
+    same = consistency is not None and agreement >= config.same_as_before * consistency
+    return {"references": sims, "gain": round(gain, 3), "agreement": round(agreement, 3),
+            "consistency": None if consistency is None else round(consistency, 3),
+            "already_there": gain >= config.min_already_there or same}  # fmt: skip
 
 
 def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConfig,

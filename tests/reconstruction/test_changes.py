@@ -524,3 +524,42 @@ def test_novelty_measured_on_blocks_holds_for_each_block():
     # only along the edges of the scene photos' frames may a block take another nearest photo
     assert float((diff > 3.0).float().mean()) < 0.1
     assert torch.all(blocks[:, :6] == 180.0)
+
+
+def test_an_added_candidate_is_dropped_only_when_the_scenes_photos_showed_the_same_there(fixture, tmp_path):
+    """A hull on the ground where a crate now stands: the scene's own photos show pavement there, unlike the
+    new photos. The same hull over photos of the unchanged ground: the scene's photos show what the new
+    photos show, as much as they agree with one another (a moved shadow, a poorly rendered surface)."""
+    from reconstruction.changes import Candidate, Reference, _footprint, already_there, compare_photo
+
+    world, scene, gt, splats = fixture
+    target = _change(gt, "added")["box"]
+    size = np.array([1.0, 0.8, 0.9])
+    box = box_splats(np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2], size)
+    config = DetectConfig()
+    version = scene.version()
+    refs = [Reference(im.entry.name, im.entry.camera, im.entry.cam_from_world, version.scene.root / im.file)
+            for im in version.images()]  # fmt: skip
+    points = torch.as_tensor(box.means, dtype=torch.float64)
+    checks = {}
+    for label, shown in (("crate", concat([splats, box])), ("ground", splats)):
+        reg = photos_of(shown, gt, tmp_path / label)
+        evidence, masks = [], {}
+        for r in reg["images"]:
+            rgb = np.asarray(Image.open(tmp_path / label / r["name"]))
+            ev = compare_photo(r["name"], rgb, Camera.from_json(r["camera"]),
+                               Pose.from_json(r["cam_from_world"]), splats, config)  # fmt: skip
+            foot = _footprint(ev, points, 0.05, config.depth_tolerance)
+            if int(foot.sum()) >= 50:
+                evidence.append(ev)
+                masks[ev.name] = foot.numpy()
+        assert len(masks) >= 2, label
+        cand = Candidate("", "added", 1.0, {}, masks, box.means.astype(np.float64))
+        checks[label] = already_there(cand, evidence, refs, splats, config, 0.05)
+    crate, ground = checks["crate"], checks["ground"]
+    assert len(crate["references"]) >= 2 and crate["consistency"] is not None
+    assert not crate["already_there"], crate
+    assert crate["agreement"] < config.same_as_before * crate["consistency"], crate
+    assert ground["already_there"], ground
+    assert ground["agreement"] >= config.same_as_before * ground["consistency"], ground
+    assert ground["gain"] < config.min_already_there, ground  # the footprint-vs-ring rule alone misses it
