@@ -40,7 +40,8 @@ from reconstruction.splats import Splats
 C0 = 0.28209479177387814
 
 
-def box_splats(center, size, spacing: float = 0.06, seed: int = 0) -> Splats:
+def box_splats(center, size, spacing: float = 0.06, seed: int = 0,
+               colours=((0.85, 0.25, 0.1), (0.95, 0.8, 0.2))) -> Splats:  # fmt: skip
     """Opaque Gaussians on the faces of an axis-aligned box, painted with a coarse two-colour checker."""
     rng = np.random.default_rng(seed)
     c, s = np.asarray(center, np.float64), np.asarray(size, np.float64)
@@ -57,7 +58,7 @@ def box_splats(center, size, spacing: float = 0.06, seed: int = 0) -> Splats:
     local = np.concatenate(pts)
     means = c + local * s
     checker = (np.floor((local[:, 0] + local[:, 1] + local[:, 2]) * 4) % 2)[:, None]
-    rgb = np.where(checker > 0, [0.85, 0.25, 0.1], [0.95, 0.8, 0.2]) + rng.normal(0, 0.03, (len(local), 3))
+    rgb = np.where(checker > 0, colours[0], colours[1]) + rng.normal(0, 0.03, (len(local), 3))
     sp = Splats.empty(len(means))
     sp.means = means.astype(np.float32)
     sp.scales = np.full((len(means), 3), np.log(spacing * 0.6), np.float32)
@@ -563,3 +564,44 @@ def test_an_added_candidate_is_dropped_only_when_the_scenes_photos_showed_the_sa
     assert ground["already_there"], ground
     assert ground["agreement"] >= config.same_as_before * ground["consistency"], ground
     assert ground["gain"] < config.min_already_there, ground  # the footprint-vs-ring rule alone misses it
+
+
+def test_an_object_looks_alike_across_its_photos_and_crossing_rays_do_not(fixture, tmp_path):
+    """A new crate's masks show the same colours in every photo that sees it. With a second crate of unlike
+    colours elsewhere, masks over the first in two photos and over the second in two others (a hull where
+    the rays of unrelated changes cross) show unlike things."""
+    from reconstruction.changes import Candidate, _footprint, compare_photo, photo_consistency
+
+    world, scene, gt, splats = fixture
+    size = np.array([1.0, 0.8, 0.9])
+    boxes = []
+    palettes = {
+        "added_crate": ((0.85, 0.25, 0.1), (0.95, 0.8, 0.2)),
+        "added_vehicle": ((0.1, 0.2, 0.8), (0.2, 0.7, 0.9)),
+    }
+    for where, colours in palettes.items():  # empty ground in the before-scene
+        target = next(c for c in gt["changes"] if c["id"] == where)["box"]
+        centre = np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2]
+        boxes.append(box_splats(centre, size, colours=colours))
+    config = DetectConfig()
+    reg = photos_of(concat([splats, *boxes]), gt, tmp_path / "photos")
+    evidence, feet = [], []
+    for r in reg["images"]:
+        rgb = np.asarray(Image.open(tmp_path / "photos" / r["name"]))
+        ev = compare_photo(r["name"], rgb, Camera.from_json(r["camera"]), Pose.from_json(r["cam_from_world"]),
+                           splats, config)  # fmt: skip
+        evidence.append(ev)
+        pts = [torch.as_tensor(b.means, dtype=torch.float64) for b in boxes]
+        feet.append([_footprint(ev, p, 0.05, config.depth_tolerance).numpy() for p in pts])
+    masks = [
+        {ev.name: f[k] for ev, f in zip(evidence, feet, strict=True) if f[k].sum() >= 50} for k in range(2)
+    ]
+    only = [[n for n in masks[k] if n not in masks[1 - k]] for k in range(2)]  # photos that see one crate
+    assert len(masks[0]) >= 3 and min(len(o) for o in only) >= 2, masks
+    crate = Candidate("", "added", 1.0, {}, masks[0], boxes[0].means.astype(np.float64))
+    assert photo_consistency(crate, evidence) >= config.min_photo_consistency + 0.2
+    crossing = {n: masks[k][n] for k in range(2) for n in only[k][:2]}
+    ghost = Candidate("", "added", 1.0, {}, crossing, boxes[0].means.astype(np.float64))
+    assert photo_consistency(ghost, evidence) < config.min_photo_consistency - 0.1
+    one = Candidate("", "added", 1.0, {}, {only[0][0]: masks[0][only[0][0]]}, boxes[0].means)
+    assert photo_consistency(one, evidence) is None
