@@ -168,16 +168,16 @@ class DetectConfig:
     """The surface found under an object is the ground when its height differs from the ground in front of
     the nearest photo (``floor_points``) by at most this share of their horizontal distance: a hull
     stretched along its photos' rays ends below the ground, where a render finds junk under it."""
-    reference_views: int = 4
-    """The scene's own photos (nearest first) an added candidate is looked for in ..."""
-    min_already_there: float = 0.25
-    """... it was already there (the scene just renders it badly) when its footprint there looks more like
-    the object than the ring around the footprint does by this much (Bhattacharyya coefficients, median)."""
     min_photo_consistency: float = 0.5
     """An added candidate's masks must look alike across its photos: the median over pairs of photos of the
     Bhattacharyya coefficient of their chromaticity histograms at least this (one object seen from several
     sides: 0.7-0.95 measured on the benchmark worlds; a hull where the rays of unrelated changes in a few
     photos happen to cross: 0.18)."""
+    reference_views: int = 4
+    """The scene's own photos (nearest first) an added candidate is looked for in ..."""
+    min_already_there: float = 0.25
+    """... it was already there (the scene just renders it badly) when its footprint there looks more like
+    the object than the ring around the footprint does by this much (Bhattacharyya coefficients, median)."""
     same_as_before: float = 0.9
     """... or when the footprints in those photos look as much like the object as they look like one another
     (the place's own agreement across its photos), up to this factor: what the new photos show there is
@@ -1129,9 +1129,9 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
         if area < 20:
             continue
         ring = _dilate(foot, max(2, round(math.sqrt(area) / 3))) & ~foot & ev.known
-        f, g = _similarity(obj, _chroma_hist(ev.photo[foot])), _similarity(obj, _chroma_hist(ev.photo[ring]))
-        sims[r.name] = {"footprint": round(f, 3), "ring": round(g, 3)}
         feet.append(_chroma_hist(ev.photo[foot]))
+        f, g = _similarity(obj, feet[-1]), _similarity(obj, _chroma_hist(ev.photo[ring]))
+        sims[r.name] = {"footprint": round(f, 3), "ring": round(g, 3)}
     if not sims:
         return None
     gain = float(np.median([s["footprint"] - s["ring"] for s in sims.values()]))
