@@ -1004,13 +1004,14 @@ def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch
     gone = ids[(inside >= config.min_views) & (inside.float() >= config.vote_fraction * seen.float())]
     if len(gone) == 0:
         return None
+    gone_at = means[gone]
     drop = np.zeros(len(means), bool)
     drop[gone.numpy()] = True
     rest, only = remove(splats, drop), remove(splats, ~drop)
     revealed, better, weight = 0.0, 0.0, 0.0
     masks: dict[str, torch.Tensor] = {}
     for ev in evidence:
-        if not bool(_project(ev, means[gone])[2].any()):  # none of them in this photo's frame
+        if not bool(_project(ev, gone_at)[2].any()):  # none of them in this photo's frame
             continue
         with torch.no_grad():
             obj = render(only, ev.camera, ev.pose, background=(0.0, 0.0, 0.0))
@@ -1031,10 +1032,10 @@ def _removed(X: torch.Tensor, evidence: list[Evidence], votes: Votes, cid: torch
     revealed /= max(weight, 1)
     better /= max(weight, 1)
     log.info("removal candidate at %s: %d Gaussians in %d photos, revealed %.2f, score lower by %.2f",
-             np.round(means[gone].mean(0).numpy(), 2), len(gone), len(masks), revealed, better)  # fmt: skip
+             np.round(gone_at.mean(0).numpy(), 2), len(gone), len(masks), revealed, better)  # fmt: skip
     if len(masks) < config.min_views or revealed < config.min_revealed or better < config.min_improvement:
         return None
-    gpts = means[gone].numpy()
+    gpts = gone_at.numpy()
     box = upright_box(gpts, up)
     pix = torch.cat([ev.render[masks[ev.name]] for ev in evidence if ev.name in masks])
     return Candidate("", "removed", _confidence(votes, cid, len(masks)), box,
@@ -1090,14 +1091,19 @@ def _chroma_hist(pixels: torch.Tensor, bins: int = 12) -> torch.Tensor:
     return h / h.sum().clamp_min(1)
 
 
+def _mutual_similarity(hists: list[torch.Tensor]) -> float | None:
+    """Median Bhattacharyya coefficient over all pairs of histograms; None with fewer than two."""
+    pairs = [_similarity(a, b) for i, a in enumerate(hists) for b in hists[i + 1 :]]
+    return float(np.median(pairs)) if pairs else None
+
+
 def photo_consistency(cand: Candidate, evidence: list[Evidence]) -> float | None:
     """How alike an added candidate looks across its photos: the median over pairs of photos of the
     Bhattacharyya coefficient of its masks' chromaticity histograms (colour-aligned photos); None with
     fewer than two photos."""
     hists = [_chroma_hist(ev.photo[torch.from_numpy(cand.masks[ev.name])]) for ev in evidence
              if ev.name in cand.masks and cand.masks[ev.name].any()]  # fmt: skip
-    pairs = [_similarity(a, b) for i, a in enumerate(hists) for b in hists[i + 1 :]]
-    return float(np.median(pairs)) if pairs else None
+    return _mutual_similarity(hists)
 
 
 def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Reference], splats: Splats,
@@ -1140,8 +1146,7 @@ def already_there(cand: Candidate, evidence: list[Evidence], refs: list[Referenc
         return None
     gain = float(np.median([s["footprint"] - s["ring"] for s in sims.values()]))
     agreement = float(np.median([s["footprint"] for s in sims.values()]))
-    between = [_similarity(a, b) for i, a in enumerate(feet) for b in feet[i + 1 :]]
-    consistency = float(np.median(between)) if between else None
+    consistency = _mutual_similarity(feet)
     same = consistency is not None and agreement >= config.same_as_before * consistency
     return {"references": sims, "gain": round(gain, 3), "agreement": round(agreement, 3),
             "consistency": None if consistency is None else round(consistency, 3),
@@ -1189,21 +1194,21 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
     added = ids[(votes.front[ids].float() >= 0.5 * votes.changed[ids].float()) & ~occupied[ids]]
     for cid in _cluster_ids(votes, added, config):
         c = _added(votes.centres[cid], evidence, votes, config, up, splats, floors)
-        if c is not None:
-            consistency = photo_consistency(c, evidence)
-            c.evidence["photo_consistency"] = None if consistency is None else round(consistency, 3)
-            if consistency is not None and consistency < config.min_photo_consistency:
-                log.info("added candidate at %s: its photos show unlike things there (%.2f)",
-                         np.round(c.box["center"], 2), consistency)  # fmt: skip
-                continue
-        if c is not None and references:
+        if c is None:
+            continue
+        consistency = photo_consistency(c, evidence)
+        c.evidence["photo_consistency"] = None if consistency is None else round(consistency, 3)
+        if consistency is not None and consistency < config.min_photo_consistency:
+            log.info("added candidate at %s: its photos show unlike things there (%.2f)",
+                     np.round(c.box["center"], 2), consistency)  # fmt: skip
+            continue
+        if references:
             check = already_there(c, evidence, references, splats, config, voxel / config.fine)
             c.evidence["before_photos"] = check
             log.info("added candidate at %s: %s", np.round(c.box["center"], 2), check)
             if check is not None and check["already_there"]:
                 continue
-        if c is not None:
-            cands.append(c)
+        cands.append(c)
     cands = _pair_moved(_absorb_parts(cands), config)
     cands.sort(key=lambda c: -c.confidence)
     for k, c in enumerate(cands, 1):
