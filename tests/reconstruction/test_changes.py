@@ -97,6 +97,23 @@ def _change(gt: dict, kind: str) -> dict:
     return next(c for c in gt["changes"] if c["kind"] == kind)
 
 
+def _standing_on(target: dict, size: np.ndarray) -> np.ndarray:
+    """Centre of a box of ``size`` standing where the change box ``target`` stands (its bottom on it)."""
+    return np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2]
+
+
+def _compared(reg: dict, folder, splats: Splats, config: DetectConfig) -> list[Evidence]:
+    """Each photo of ``reg`` (written into ``folder`` by :func:`photos_of`) compared with ``splats``."""
+    from reconstruction.changes import compare_photo
+
+    out = []
+    for r in reg["images"]:
+        rgb = np.asarray(Image.open(folder / r["name"]))
+        pose = Pose.from_json(r["cam_from_world"])
+        out.append(compare_photo(r["name"], rgb, Camera.from_json(r["camera"]), pose, splats, config))
+    return out
+
+
 def _visible_mask(obj: Splats, rest: Splats, camera: Camera, pose: Pose) -> np.ndarray:
     """Where ``obj`` is what a render of obj + rest shows (opaque and in front of the rest)."""
     with torch.no_grad():
@@ -108,7 +125,7 @@ def test_an_inserted_object_is_found_added_with_its_box_and_masks(fixture, tmp_p
     world, scene, gt, splats = fixture
     target = _change(gt, "added")["box"]  # empty ground in the before-scene
     size = np.array([1.0, 0.8, 0.9])
-    center = np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2]
+    center = _standing_on(target, size)
     box = box_splats(center, size)
     reg = photos_of(concat([splats, box]), gt, tmp_path / "photos")
     doc = detect_changes(scene.version(), tmp_path / "photos", tmp_path / "out", reg)
@@ -531,12 +548,12 @@ def test_an_added_candidate_is_dropped_only_when_the_scenes_photos_showed_the_sa
     """A hull on the ground where a crate now stands: the scene's own photos show pavement there, unlike the
     new photos. The same hull over photos of the unchanged ground: the scene's photos show what the new
     photos show, as much as they agree with one another (a moved shadow, a poorly rendered surface)."""
-    from reconstruction.changes import Candidate, Reference, _footprint, already_there, compare_photo
+    from reconstruction.changes import Candidate, Reference, _footprint, already_there
 
     world, scene, gt, splats = fixture
     target = _change(gt, "added")["box"]
     size = np.array([1.0, 0.8, 0.9])
-    box = box_splats(np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2], size)
+    box = box_splats(_standing_on(target, size), size)
     config = DetectConfig()
     version = scene.version()
     refs = [Reference(im.entry.name, im.entry.camera, im.entry.cam_from_world, version.scene.root / im.file)
@@ -544,12 +561,8 @@ def test_an_added_candidate_is_dropped_only_when_the_scenes_photos_showed_the_sa
     points = torch.as_tensor(box.means, dtype=torch.float64)
     checks = {}
     for label, shown in (("crate", concat([splats, box])), ("ground", splats)):
-        reg = photos_of(shown, gt, tmp_path / label)
         evidence, masks = [], {}
-        for r in reg["images"]:
-            rgb = np.asarray(Image.open(tmp_path / label / r["name"]))
-            ev = compare_photo(r["name"], rgb, Camera.from_json(r["camera"]),
-                               Pose.from_json(r["cam_from_world"]), splats, config)  # fmt: skip
+        for ev in _compared(photos_of(shown, gt, tmp_path / label), tmp_path / label, splats, config):
             foot = _footprint(ev, points, 0.05, config.depth_tolerance)
             if int(foot.sum()) >= 50:
                 evidence.append(ev)
@@ -570,7 +583,7 @@ def test_an_object_looks_alike_across_its_photos_and_crossing_rays_do_not(fixtur
     """A new crate's masks show the same colours in every photo that sees it. With a second crate of unlike
     colours elsewhere, masks over the first in two photos and over the second in two others (a hull where
     the rays of unrelated changes cross) show unlike things."""
-    from reconstruction.changes import Candidate, _footprint, compare_photo, photo_consistency
+    from reconstruction.changes import Candidate, _footprint, photo_consistency
 
     world, scene, gt, splats = fixture
     size = np.array([1.0, 0.8, 0.9])
@@ -581,18 +594,12 @@ def test_an_object_looks_alike_across_its_photos_and_crossing_rays_do_not(fixtur
     }
     for where, colours in palettes.items():  # empty ground in the before-scene
         target = next(c for c in gt["changes"] if c["id"] == where)["box"]
-        centre = np.asarray(target["center"]) + [0, 0, size[2] / 2 - target["size"][2] / 2]
-        boxes.append(box_splats(centre, size, colours=colours))
+        boxes.append(box_splats(_standing_on(target, size), size, colours=colours))
     config = DetectConfig()
-    reg = photos_of(concat([splats, *boxes]), gt, tmp_path / "photos")
-    evidence, feet = [], []
-    for r in reg["images"]:
-        rgb = np.asarray(Image.open(tmp_path / "photos" / r["name"]))
-        ev = compare_photo(r["name"], rgb, Camera.from_json(r["camera"]), Pose.from_json(r["cam_from_world"]),
-                           splats, config)  # fmt: skip
-        evidence.append(ev)
-        pts = [torch.as_tensor(b.means, dtype=torch.float64) for b in boxes]
-        feet.append([_footprint(ev, p, 0.05, config.depth_tolerance).numpy() for p in pts])
+    evidence = _compared(photos_of(concat([splats, *boxes]), gt, tmp_path / "photos"), tmp_path / "photos",
+                         splats, config)  # fmt: skip
+    pts = [torch.as_tensor(b.means, dtype=torch.float64) for b in boxes]
+    feet = [[_footprint(ev, p, 0.05, config.depth_tolerance).numpy() for p in pts] for ev in evidence]
     masks = [
         {ev.name: f[k] for ev, f in zip(evidence, feet, strict=True) if f[k].sum() >= 50} for k in range(2)
     ]
