@@ -351,14 +351,13 @@ def extract(
     octave = -1 if max(photo.gray.shape) < config.upsample_below else 0
     kp, desc = _extractor(config, octave).extract_from_uint8_array(np.ascontiguousarray(photo.gray))
     xy = np.array([(k.x, k.y) for k in kp], np.float32).reshape(-1, 2)
-    # kept as float16: the same descriptors whether they come from the cache or were just extracted
-    desc = _l2(np.asarray(desc.to_float().data, np.float32).reshape(-1, 128)).astype(np.float16)
+    desc = _l2(np.asarray(desc.to_float().data, np.float32).reshape(-1, 128))
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, xy=xy, desc=desc)
+        np.savez(tmp, xy=xy, desc=desc.astype(np.float16))
         os.replace(tmp, f)
-    return xy, desc.astype(np.float32)
+    return xy, desc
 
 
 def _l2(d: np.ndarray) -> np.ndarray:
