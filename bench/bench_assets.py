@@ -61,6 +61,30 @@ def true_views(world: Path, gt: dict[str, Any], obj: str, names: list[str]) -> l
     return out
 
 
+def others_in_front(world: Path, gt: dict[str, Any], obj: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Per after-photo among ``names``: the true masks of the other new objects (added, or a moved one's new
+    place) nearer the camera than ``obj`` (box centres). There the photo shows another new object in
+    front; ``obj``'s asset judged alone would be blamed for covering it."""
+    boxes = {c["id"]: np.asarray(c["box"]["center"], float) for c in gt["changes"]}
+    kinds = {c["id"]: c["kind"] for c in gt["changes"]}
+    out: dict[str, np.ndarray] = {}
+    for im in gt["after"]["images"]:
+        if im["name"] not in names or obj not in boxes:
+            continue
+        centre = Pose.from_json(im["cam_from_world"]).center()
+        far = np.linalg.norm(boxes[obj] - centre)
+        union = None
+        for oid, o in im["objects"].items():
+            if oid == obj or kinds.get(oid) not in ("added", "moved") or not o.get("pixels"):
+                continue
+            if np.linalg.norm(boxes[oid] - centre) < far:
+                m = np.asarray(Image.open(world / o["mask"])) > 0
+                union = m if union is None else union | m
+        if union is not None:
+            out[im["name"]] = union
+    return out
+
+
 def carve_hull(box: dict[str, Any], views: list[View], cells: int = 48) -> np.ndarray:
     """Points of a grid in ``box`` whose projection falls inside the mask in every photo that frames it."""
     c, s = np.asarray(box["center"]), np.asarray(box["size"])
@@ -116,8 +140,15 @@ def detected_inputs(scene, world: Path, gt: dict[str, Any], update: list[str], t
     return matched, detect_s
 
 
-def judge(scene_splats, asset, placement, box, views: list[View], config: MultiViewConfig) -> dict[str, Any]:
-    """Silhouette IoU and PSNR in the true mask of the placed asset on ``views`` (and of the scene alone)."""
+def judge(scene_splats, asset, placement, box, views: list[View], config: MultiViewConfig,
+          hidden: dict[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Silhouette IoU and PSNR in the true mask of the placed asset on ``views`` (and of the scene alone);
+    with ``hidden`` (photo -> full-size mask, see :func:`others_in_front`), also the IoU without those
+    pixels (``silhouette_iou_others_in_front``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from generation.multiview import composite
     from reconstruction.splat_ops import transform
 
     placed = (transform(asset, placement["rotation_wxyz"], placement["translation"], placement["scale"])
@@ -132,6 +163,19 @@ def judge(scene_splats, asset, placement, box, views: list[View], config: MultiV
             "psnr_mask": None if empty else m["psnr_mask"],
             "psnr_mask_scene": base["psnr_mask"],
         }
+        if hidden is not None and not empty:
+            iou = m["silhouette_iou"]
+            if w.name in hidden:  # the hiding masks cut to the window as the photo was
+                full = torch.from_numpy(hidden[w.name]).float()[None, None]
+                small = F.interpolate(full, size=w.photo.shape[:2], mode="area")[0, 0] > 0.5
+                (x0, y0), (h, wd) = w.offset, w.mask.shape
+                keep = ~small[y0 : y0 + h, x0 : x0 + wd]
+                with torch.no_grad():
+                    _, cover = composite(w, placed.to_torch())
+                sil, truth = (cover > 0.5) & keep, (w.mask > 0.5) & keep
+                union = float((sil | truth).sum())
+                iou = float((sil & truth).sum()) / union if union else 0.0
+            per[w.name]["silhouette_iou_others_in_front"] = iou
     return per
 
 
@@ -142,7 +186,7 @@ def _nothing(like):
 
 
 def _side(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    keys = ("silhouette_iou", "psnr_mask", "psnr_mask_scene")
+    keys = ("silhouette_iou", "silhouette_iou_others_in_front", "psnr_mask", "psnr_mask_scene")
     return {**{k: _mean(per, k) for k in keys}, "views": per}
 
 
@@ -189,6 +233,7 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
         for c in added:
             fit_views = true_views(world, gt, c["id"], update)
             test_views = true_views(world, gt, c["id"], heldout)
+            hidden = others_in_front(world, gt, c["id"], heldout)
             entry: dict[str, Any] = {"category": c["category"], "update_views": [v.name for v in fit_views],
                                      "heldout_views": [v.name for v in test_views]}  # fmt: skip
             if inputs == "oracle":
@@ -221,7 +266,7 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
             }
             for label, (a, p, secs) in results.items():
                 fit = judge(splats, a, p, box, fit_views, mv)
-                test = judge(splats, a, p, box, test_views, mv) if test_views else {}
+                test = judge(splats, a, p, box, test_views, mv, hidden) if test_views else {}
                 entry[label] = {"seconds": secs, "num_gaussians": len(a), "update": _side(fit),
                                 "heldout": _side(test)}  # fmt: skip
             report["objects"][c["id"]] = entry
@@ -273,17 +318,17 @@ def _fmt(x, f=".3f"):
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = [("object", "backend", "s", "IoU update", "IoU held-out", "PSNR update (scene)",
-             "PSNR held-out (scene)")]  # fmt: skip
+    rows = [("object", "backend", "s", "IoU update", "IoU held-out", "(others in front)",
+             "PSNR update (scene)", "PSNR held-out (scene)")]  # fmt: skip
     for oid, e in report["objects"].items():
         if e.get("status") != "ok":
-            rows.append((oid, e.get("status", ""), "", "", "", "", ""))
+            rows.append((oid, e.get("status", ""), "", "", "", "", "", ""))
             continue
         for b in ("hull", "multiview"):
             r = e[b]
             u, h = r["update"], r["heldout"]
             rows.append((oid, b, _fmt(r["seconds"], ".1f"), _fmt(u["silhouette_iou"]),
-                         _fmt(h["silhouette_iou"]),
+                         _fmt(h["silhouette_iou"]), _fmt(h.get("silhouette_iou_others_in_front")),
                          f"{_fmt(u['psnr_mask'], '.2f')} ({_fmt(u['psnr_mask_scene'], '.2f')})",
                          f"{_fmt(h['psnr_mask'], '.2f')} ({_fmt(h['psnr_mask_scene'], '.2f')})"))  # fmt: skip
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]

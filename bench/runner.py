@@ -332,6 +332,7 @@ def bench_assets_stage(scene: Scene, world: Path, gt: dict[str, Any]) -> dict[st
     return {"inputs": "oracle", "objects": {k: e.get("status") for k, e in rep["objects"].items()},
             "silhouette_iou_update": mean("update", "silhouette_iou"),
             "silhouette_iou_heldout": mean("heldout", "silhouette_iou"),
+            "silhouette_iou_heldout_others_in_front": mean("heldout", "silhouette_iou_others_in_front"),
             "psnr_mask_heldout": mean("heldout", "psnr_mask"),
             "psnr_mask_heldout_scene": mean("heldout", "psnr_mask_scene"),
             "seconds_per_object": mean(None, "seconds"), "report": rep}  # fmt: skip

@@ -91,6 +91,24 @@ def test_change_mask_covers_the_changed_objects(bench_world):
         assert mask.any() == (px > 0)
 
 
+def test_held_out_views_leave_out_the_new_objects_in_front(bench_world):
+    """In the fixture's after_005 the added person stands in front of the added crate: judged alone, the
+    crate's asset is not blamed for the person's pixels, and none of the person's own are left out."""
+    from PIL import Image
+
+    from bench.bench_assets import others_in_front
+
+    world, _ = bench_world
+    gt = load_world(world)
+    names = [v["name"] for v in gt["after"]["images"]]
+    masks = {v["name"]: v["objects"] for v in gt["after"]["images"]}
+    crate = others_in_front(world, gt, "added_crate", names)
+    person = np.asarray(Image.open(world / masks["after_005.png"]["added_person"]["mask"])) > 0
+    assert (crate["after_005.png"] & person).sum() == person.sum() > 0
+    in_front_of_person = others_in_front(world, gt, "added_person", names).get("after_005.png")
+    assert in_front_of_person is None or not (in_front_of_person & person).any()
+
+
 def test_masked_metrics_split_inside_and_outside():
     a = torch.zeros(10, 10, 3)
     b = a.clone()
