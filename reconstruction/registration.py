@@ -7,9 +7,8 @@ Three steps, each a plain function over files and arrays (hloc's localisation re
     result = register_photo(index, photo, config)      # retrieval -> matching -> 2D-3D -> pose -> gates
 
 :func:`register_photos` runs them over a folder with progress on stderr. Nothing in the store changes:
-the index lives in the scene's cache folder (``<scene>/.cache/registration/v<N>-<key>/``); the photos'
-features (the scene's and the new ones) are cached there by content hash and the visual words once per
-scene, so the index of a merged version extracts and learns nothing again.
+the index lives in the scene's cache folder (``<scene>/.cache/registration/v<N>-<key>/``) and new
+photos' features are cached there by content hash.
 
 The index holds SIFT features of the scene's photos and their 3D points: the photos are matched among
 themselves and the points triangulated **with the version's cameras held fixed** (the SfM stage's
@@ -439,25 +438,14 @@ def _assign(desc: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     return torch.cat([(c @ v.T).argmax(1) for c in t.split(8192)]).numpy()
 
 
-def _words(desc: np.ndarray, vocab: np.ndarray) -> np.ndarray:
-    """The visual word of each descriptor [N]."""
-    return _assign(desc, vocab) if len(desc) else np.zeros(0, np.int64)
-
-
-def _tfidf(words: np.ndarray, size: int, idf: np.ndarray) -> np.ndarray:
-    h = np.bincount(words, minlength=size).astype(np.float64) * idf
-    return (h / max(np.linalg.norm(h), 1e-12)).astype(np.float32)
-
-
 def _bow(desc: np.ndarray, vocab: np.ndarray, idf: np.ndarray) -> np.ndarray:
-    return _tfidf(_words(desc, vocab), len(vocab), idf)
-
-
-def vocabulary_size(num_descriptors: int, size: int = 0) -> int:
-    """Visual words for a scene of ``num_descriptors`` SIFT descriptors (``size``: fixed, 0: about 60
-    descriptors a word, a power of two in 64..4096)."""
-    k = size or int(np.clip(2 ** round(math.log2(max(num_descriptors / 60, 1))), 64, 4096))
-    return min(k, num_descriptors)
+    h = (
+        np.bincount(_assign(desc, vocab), minlength=len(vocab)).astype(np.float64)
+        if len(desc)
+        else np.zeros(len(vocab))
+    )
+    h = h * idf
+    return (h / max(np.linalg.norm(h), 1e-12)).astype(np.float32)
 
 
 def build_vocabulary(
@@ -467,7 +455,8 @@ def build_vocabulary(
     alld = np.concatenate([d for d in descs if len(d)]) if descs else np.zeros((0, 128), np.float32)
     if len(alld) < 16:
         raise IDUError(f"only {len(alld)} SIFT descriptors in the scene's photos: too few to index them")
-    k = vocabulary_size(len(alld), size)
+    k = size or int(np.clip(2 ** round(math.log2(max(len(alld) / 60, 1))), 64, 4096))
+    k = min(k, len(alld))
     rng = np.random.default_rng(seed)
     sample = alld[rng.choice(len(alld), min(len(alld), 200 * k, 200_000), replace=False)]
     x = torch.from_numpy(np.ascontiguousarray(sample, np.float32))
@@ -575,9 +564,7 @@ def _tracks_by_triangulation(stored, photos: Path, work: Path, config: Registrat
 def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool,
                        progress: bool = False):  # fmt: skip
     """Scene keypoints tied to the version's own 3D points (None when the model has too few observations
-    and ``required`` is False). The photos' features come from the scene's feature cache (by content
-    hash), where the photos registered into an earlier version left theirs: a merged version's index
-    extracts nothing again."""
+    and ``required`` is False)."""
     rec = version.load_model()
     obs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i in rec.reg_image_ids():
@@ -600,21 +587,15 @@ def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig
     with _progress(progress, len(stored), "indexing the scene") as bar:
         task = bar.add_task("index", total=len(stored), info="")
         for im in sorted(stored, key=lambda s: s.entry.name):
-            _index_photo(out, im.entry, photos, obs, config, feature_cache(version))
+            _index_photo(out, im.entry, photos, obs, config)
             bar.update(task, advance=1, info=im.entry.name)
     return out.result("model")
 
 
-def feature_cache(version) -> Path:
-    """The scene's cache of photos' SIFT features (by content hash and settings; all versions share it)."""
-    return version.scene.root / ".cache" / "registration" / "photos"
-
-
-def _index_photo(out: _Tracks, e, photos: Path, obs: dict, config: RegistrationConfig,
-                 cache: Path | None = None) -> None:  # fmt: skip
+def _index_photo(out: _Tracks, e, photos: Path, obs: dict, config: RegistrationConfig) -> None:
     """One scene photo's SIFT features, each tied to the model point observed at its pixel."""
     photo = load_photo(photos / e.name, config)
-    xy, d = extract(photo, config, cache)
+    xy, d = extract(photo, config)
     xy = xy * np.float32(e.camera.width / photo.gray.shape[1])  # to the camera's pixels
     ids = np.full(len(xy), -1, np.int64)
     if e.name in obs and len(xy):
@@ -665,13 +646,13 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
         built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
     names, cams, poses, xys, descs, pids, pts, model_ids, how = built
     points = np.stack(pts) if pts else np.zeros((0, 3))
-    vocab = _scene_vocabulary(version, descs, config)
-    words = [_words(d, vocab) for d in descs]
+    vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
+    words = [np.unique(_assign(d, vocab)) if len(d) else np.zeros(0, np.int64) for d in descs]
     df = np.zeros(len(vocab))
     for w in words:
-        df[np.unique(w)] += 1
+        df[w] += 1
     idf = np.log((len(descs) + 1) / (df + 1)).astype(np.float32) + 1e-3
-    bow = np.stack([_tfidf(w, len(vocab), idf) for w in words])
+    bow = np.stack([_bow(d, vocab, idf) for d in descs])
     global_desc = None
     if config.retrieval != "bow":
         from PIL import Image
@@ -694,25 +675,6 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
     log.info("registration index: %d photos, %d points (tracks: %s), %d visual words in %.1f s", len(names),
              len(points), how, len(vocab), time.perf_counter() - t0)  # fmt: skip
     return index
-
-
-def _scene_vocabulary(version, descs: list[np.ndarray], config: RegistrationConfig) -> np.ndarray:
-    """The scene's visual words: learned once, from the first version indexed, and kept in the scene's
-    cache for its later versions (a merge adds a few photos of the same place: the words still describe
-    it) as long as they would have as many words."""
-    k = vocabulary_size(sum(len(d) for d in descs), config.vocabulary_size)
-    key = hashlib.sha256(json.dumps([INDEX_VERSION, k, config.seed, _feature_settings(config)]).encode())
-    f = version.scene.root / ".cache" / "registration" / f"vocabulary-{key.hexdigest()[:16]}.npy"
-    if f.is_file():
-        vocab = np.load(f)
-        if vocab.shape == (k, 128):
-            return vocab
-    vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f"{f.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, vocab)
-    os.replace(tmp, f)
-    return vocab
 
 
 def _write_index(index: SceneIndex, f: Path) -> None:
@@ -1241,7 +1203,7 @@ def register_photos(
     t0 = time.perf_counter()
     index = scene_index(version, config, progress=progress)
     index_s = time.perf_counter() - t0
-    cache = feature_cache(version)
+    cache = version.scene.root / ".cache" / "registration" / "photos"
     loaded: list[Splats] = []
 
     def splats() -> Splats:  # loaded once, and only when a weakly supported pose needs the render check
@@ -1297,6 +1259,6 @@ def _progress(enabled: bool, total: int, label: str = "registering"):
 
 __all__ = [
     "CAMERA_MODES", "Photo", "RegistrationConfig", "Result", "SceneIndex", "build_vocabulary", "extract",
-    "feature_cache", "list_photos", "load_photo", "load_rgb", "match_descriptors", "register_photo",
-    "register_photos", "scene_index", "vocabulary_size",
+    "list_photos", "load_photo", "load_rgb", "match_descriptors", "register_photo", "register_photos",
+    "scene_index",
 ]  # fmt: skip

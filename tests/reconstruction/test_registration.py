@@ -337,31 +337,3 @@ def test_feature_cache_is_keyed_by_the_extraction_settings(new_view, tmp_path):
     again = extract(photo, cfg, tmp_path)  # from the cache
     np.testing.assert_array_equal(again[0], plain[0])
     np.testing.assert_allclose(again[1], plain[1], atol=1e-3)
-
-
-def test_an_index_reuses_the_scene_photos_cached_features(bench_world, tmp_path):
-    """A version's index leaves each scene photo's features in the scene's feature cache and its visual
-    words in the scene's cache; the index of a later version (here: the same version's, rebuilt) reads
-    them from there and is the same index."""
-    from reconstruction.registration import feature_cache
-    from reconstruction.store import SceneStore
-
-    _, scene = bench_world
-    copy = SceneStore(tmp_path / "store").scene(scene.name)
-    shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
-    version = copy.version()
-    first = scene_index(version)
-    cached = {p.name: p.stat().st_mtime_ns for p in feature_cache(version).glob("*.npz")}
-    assert len(cached) == len(version.images()) == len(first.names)
-    (words,) = feature_cache(version).parent.glob("vocabulary-*.npy")
-    mtime = words.stat().st_mtime_ns
-    shutil.rmtree(first.path.parent)  # the index goes, the features and the words stay
-    second = scene_index(version)
-    assert {p.name: p.stat().st_mtime_ns for p in feature_cache(version).glob("*.npz")} == cached
-    assert words.stat().st_mtime_ns == mtime
-    assert second.names == first.names
-    np.testing.assert_array_equal(second.vocabulary, first.vocabulary)
-    assert ((second.bow * first.bow).sum(1) > 0.99).all()  # a few descriptors may take a neighbouring word
-    for a, b, pa, pb in zip(first.desc, second.desc, first.point_ids, second.point_ids, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-3)  # the cache keeps descriptors as float16
-        np.testing.assert_array_equal(pa, pb)
