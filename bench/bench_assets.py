@@ -68,8 +68,10 @@ def others_in_front(world: Path, gt: dict[str, Any], obj: str, names: list[str])
     boxes = {c["id"]: np.asarray(c["box"]["center"], float) for c in gt["changes"]}
     kinds = {c["id"]: c["kind"] for c in gt["changes"]}
     out: dict[str, np.ndarray] = {}
+    if obj not in boxes:
+        return out
     for im in gt["after"]["images"]:
-        if im["name"] not in names or obj not in boxes:
+        if im["name"] not in names:
             continue
         centre = Pose.from_json(im["cam_from_world"]).center()
         far = np.linalg.norm(boxes[obj] - centre)
@@ -148,7 +150,6 @@ def judge(scene_splats, asset, placement, box, views: list[View], config: MultiV
     import torch
     import torch.nn.functional as F
 
-    from generation.multiview import composite
     from reconstruction.splat_ops import transform
 
     placed = (transform(asset, placement["rotation_wxyz"], placement["translation"], placement["scale"])
@@ -156,7 +157,13 @@ def judge(scene_splats, asset, placement, box, views: list[View], config: MultiV
     per = {}
     for w in prepare_windows(scene_splats, views, config, box):
         empty = placed is None
-        m = window_metrics(w, placed.to_torch()) if not empty else None
+        keep = None
+        if hidden is not None and w.name in hidden:  # the hiding masks cut to the window as the photo was
+            full = torch.from_numpy(hidden[w.name]).float()[None, None]
+            small = F.interpolate(full, size=w.photo.shape[:2], mode="area")[0, 0] > 0.5
+            (x0, y0), (h, wd) = w.offset, w.mask.shape
+            keep = ~small[y0 : y0 + h, x0 : x0 + wd]
+        m = window_metrics(w, placed.to_torch(), keep) if not empty else None
         base = window_metrics(w, _nothing(scene_splats).to_torch())
         per[w.name] = {
             "silhouette_iou": None if empty else m["silhouette_iou"],
@@ -164,18 +171,7 @@ def judge(scene_splats, asset, placement, box, views: list[View], config: MultiV
             "psnr_mask_scene": base["psnr_mask"],
         }
         if hidden is not None and not empty:
-            iou = m["silhouette_iou"]
-            if w.name in hidden:  # the hiding masks cut to the window as the photo was
-                full = torch.from_numpy(hidden[w.name]).float()[None, None]
-                small = F.interpolate(full, size=w.photo.shape[:2], mode="area")[0, 0] > 0.5
-                (x0, y0), (h, wd) = w.offset, w.mask.shape
-                keep = ~small[y0 : y0 + h, x0 : x0 + wd]
-                with torch.no_grad():
-                    _, cover = composite(w, placed.to_torch())
-                sil, truth = (cover > 0.5) & keep, (w.mask > 0.5) & keep
-                union = float((sil | truth).sum())
-                iou = float((sil & truth).sum()) / union if union else 0.0
-            per[w.name]["silhouette_iou_others_in_front"] = iou
+            per[w.name]["silhouette_iou_others_in_front"] = m.get("silhouette_iou_kept", m["silhouette_iou"])
     return per
 
 

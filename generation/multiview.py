@@ -252,15 +252,22 @@ def composite(win: Window, asset: Splats, info: dict | None = None) -> tuple[tor
     return rgb, cover
 
 
-def window_metrics(win: Window, asset: Splats) -> dict[str, float]:
-    """Silhouette IoU (coverage > 0.5 vs mask) and PSNR inside the mask of one window."""
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = float((a | b).sum())
+    return float((a & b).sum()) / union if union else 0.0
+
+
+def window_metrics(win: Window, asset: Splats, keep: torch.Tensor | None = None) -> dict[str, float]:
+    """Silhouette IoU (coverage > 0.5 vs mask) and PSNR inside the mask of one window; with ``keep``
+    ([h, w] bool), also the IoU over those pixels only (``silhouette_iou_kept``)."""
     with torch.no_grad():
         rgb, cover = composite(win, asset)
     sil, m = cover > 0.5, win.mask > 0.5
-    union = float((sil | m).sum())
     mse = float(((rgb.clamp(0, 1) - win.target) ** 2).mean(-1)[m].mean()) if bool(m.any()) else float("nan")
-    return {"silhouette_iou": float((sil & m).sum()) / union if union else 0.0,
-            "psnr_mask": -10 * math.log10(max(mse, 1e-10))}  # fmt: skip
+    out = {"silhouette_iou": _iou(sil, m), "psnr_mask": -10 * math.log10(max(mse, 1e-10))}
+    if keep is not None:
+        out["silhouette_iou_kept"] = _iou(sil & keep, m & keep)
+    return out
 
 
 def _summary(per_view: dict[str, dict[str, float]]) -> dict[str, float]:
