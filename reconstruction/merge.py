@@ -323,7 +323,14 @@ def grow_model(
     Returns:
         (model, its image entries, photo files of the new images by name, statistics).
     """
-    from .registration import RegistrationConfig, extract, load_photo, match_descriptors, scene_index
+    from .registration import (
+        RegistrationConfig,
+        extract,
+        feature_cache,
+        load_photo,
+        match_descriptors,
+        scene_index,
+    )
 
     rec = version.load_model()
     known = {rec.image(i).name for i in rec.reg_image_ids()}
@@ -343,7 +350,7 @@ def grow_model(
             e,
         )
         index = None
-    cache = version.scene.root / ".cache" / "registration" / "photos"
+    cache = feature_cache(version)
     photos: list[_NewPhoto] = []
     for r in regd:
         path = image_dir / r["name"]

@@ -7,8 +7,10 @@ Three steps, each a plain function over files and arrays (hloc's localisation re
     result = register_photo(index, photo, config)      # retrieval -> matching -> 2D-3D -> pose -> gates
 
 :func:`register_photos` runs them over a folder with progress on stderr. Nothing in the store changes:
-the index lives in the scene's cache folder (``<scene>/.cache/registration/v<N>-<key>/``) and new
-photos' features are cached there by content hash.
+the index lives in the scene's cache folder (``<scene>/.cache/registration/v<N>-<key>/``) and the
+photos' features (the scene's and the new ones) are cached there by content hash, as COLMAP's own
+uint8 descriptors: cached or fresh, a photo's features are the same, so the index of a merged version
+extracts only the features no earlier run left.
 
 The index holds SIFT features of the scene's photos and their 3D points: the photos are matched among
 themselves and the points triangulated **with the version's cameras held fixed** (the SfM stage's
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_MODES = ("auto", "scene", "exif", "unknown")
 RETRIEVALS = ("bow", "dinov2")
-INDEX_VERSION = "idu-registration-index-4"
+INDEX_VERSION = "idu-registration-index-5"
 
 
 @dataclass
@@ -342,21 +344,30 @@ def extract(
 ) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoints [N, 2] (pixel centres at +0.5, processing size) and L2-normalised descriptors
     [N, 128] float32; cached by the photo's pixel hash and the settings."""
+    xy, raw = extract_raw(photo, config, cache)
+    return xy, _l2(raw.astype(np.float32))
+
+
+def extract_raw(
+    photo: Photo, config: RegistrationConfig, cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT keypoints [N, 2] and COLMAP's own uint8 descriptors [N, 128]. The cache keeps exactly these,
+    so a photo's cached features give the same matches as fresh ones."""
     key = hashlib.sha256((photo.sha256 + json.dumps(_feature_settings(config))).encode()).hexdigest()[:24]
     f = None if cache is None else cache / f"{key}.npz"
     if f is not None and f.is_file():
         d = np.load(f)
-        return d["xy"], d["desc"].astype(np.float32)
+        return d["xy"], d["desc"]
     octave = -1 if max(photo.gray.shape) < config.upsample_below else 0
     kp, desc = _extractor(config, octave).extract_from_uint8_array(np.ascontiguousarray(photo.gray))
     xy = np.array([(k.x, k.y) for k in kp], np.float32).reshape(-1, 2)
-    desc = _l2(np.asarray(desc.to_float().data, np.float32).reshape(-1, 128))
+    raw = np.asarray(desc.data, np.uint8).reshape(-1, 128)
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, xy=xy, desc=desc.astype(np.float16))
+        np.savez(tmp, xy=xy, desc=raw)
         os.replace(tmp, f)
-    return xy, desc
+    return xy, raw
 
 
 def _l2(d: np.ndarray) -> np.ndarray:
@@ -438,14 +449,18 @@ def _assign(desc: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     return torch.cat([(c @ v.T).argmax(1) for c in t.split(8192)]).numpy()
 
 
-def _bow(desc: np.ndarray, vocab: np.ndarray, idf: np.ndarray) -> np.ndarray:
-    h = (
-        np.bincount(_assign(desc, vocab), minlength=len(vocab)).astype(np.float64)
-        if len(desc)
-        else np.zeros(len(vocab))
-    )
-    h = h * idf
+def _words(desc: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """The visual word of each descriptor [N]."""
+    return _assign(desc, vocab) if len(desc) else np.zeros(0, np.int64)
+
+
+def _tfidf(words: np.ndarray, size: int, idf: np.ndarray) -> np.ndarray:
+    h = np.bincount(words, minlength=size).astype(np.float64) * idf
     return (h / max(np.linalg.norm(h), 1e-12)).astype(np.float32)
+
+
+def _bow(desc: np.ndarray, vocab: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    return _tfidf(_words(desc, vocab), len(vocab), idf)
 
 
 def build_vocabulary(
@@ -550,7 +565,7 @@ def _tracks_by_triangulation(stored, photos: Path, work: Path, config: Registrat
         for e in model_images(rec):
             dbim = by_name[e.name]
             kp = np.asarray(db.read_keypoints(dbim.image_id), np.float32)[:, :2]
-            d = _l2(np.asarray(db.read_descriptors(dbim.image_id).data, np.float32))
+            d = np.asarray(db.read_descriptors(dbim.image_id).data, np.uint8).reshape(-1, 128)
             ids = np.full(len(kp), -1, np.int64)
             for j, p2 in enumerate(rec.image(dbim.image_id).points2D):
                 if j < len(ids) and p2.has_point3D():
@@ -564,7 +579,8 @@ def _tracks_by_triangulation(stored, photos: Path, work: Path, config: Registrat
 def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig, required: bool,
                        progress: bool = False):  # fmt: skip
     """Scene keypoints tied to the version's own 3D points (None when the model has too few observations
-    and ``required`` is False)."""
+    and ``required`` is False). The photos' features come from the scene's feature cache where an
+    earlier run left them (registered photos merged into this version, an earlier version's index)."""
     rec = version.load_model()
     obs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i in rec.reg_image_ids():
@@ -587,15 +603,21 @@ def _tracks_from_model(version, stored, photos: Path, config: RegistrationConfig
     with _progress(progress, len(stored), "indexing the scene") as bar:
         task = bar.add_task("index", total=len(stored), info="")
         for im in sorted(stored, key=lambda s: s.entry.name):
-            _index_photo(out, im.entry, photos, obs, config)
+            _index_photo(out, im.entry, photos, obs, config, feature_cache(version))
             bar.update(task, advance=1, info=im.entry.name)
     return out.result("model")
 
 
-def _index_photo(out: _Tracks, e, photos: Path, obs: dict, config: RegistrationConfig) -> None:
+def feature_cache(version) -> Path:
+    """The scene's cache of photos' SIFT features (by content hash and settings; all versions share it)."""
+    return version.scene.root / ".cache" / "registration" / "photos"
+
+
+def _index_photo(out: _Tracks, e, photos: Path, obs: dict, config: RegistrationConfig,
+                 cache: Path | None = None) -> None:  # fmt: skip
     """One scene photo's SIFT features, each tied to the model point observed at its pixel."""
     photo = load_photo(photos / e.name, config)
-    xy, d = extract(photo, config)
+    xy, d = extract_raw(photo, config, cache)
     xy = xy * np.float32(e.camera.width / photo.gray.shape[1])  # to the camera's pixels
     ids = np.full(len(xy), -1, np.int64)
     if e.name in obs and len(xy):
@@ -644,15 +666,16 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
                                    progress=progress)  # fmt: skip
     if built is None:
         built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
-    names, cams, poses, xys, descs, pids, pts, model_ids, how = built
+    names, cams, poses, xys, raw, pids, pts, model_ids, how = built
+    descs = [_l2(r.astype(np.float32)) for r in raw]
     points = np.stack(pts) if pts else np.zeros((0, 3))
     vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
-    words = [np.unique(_assign(d, vocab)) if len(d) else np.zeros(0, np.int64) for d in descs]
+    words = [_words(d, vocab) for d in descs]  # assigned once: for the document frequencies and the bags
     df = np.zeros(len(vocab))
     for w in words:
-        df[w] += 1
+        df[np.unique(w)] += 1
     idf = np.log((len(descs) + 1) / (df + 1)).astype(np.float32) + 1e-3
-    bow = np.stack([_bow(d, vocab, idf) for d in descs])
+    bow = np.stack([_tfidf(w, len(vocab), idf) for w in words])
     global_desc = None
     if config.retrieval != "bow":
         from PIL import Image
@@ -671,13 +694,15 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
     radius = float(np.percentile(np.linalg.norm(sample - centre, axis=1), 90)) or 1.0
     index = SceneIndex(names, cams, poses, xys, descs, pids, points, vocab, idf, bow, centre, radius, f,
                        config.retrieval, global_desc, model_ids)  # fmt: skip
-    _write_index(index, f)
+    _write_index(index, raw, f)
     log.info("registration index: %d photos, %d points (tracks: %s), %d visual words in %.1f s", len(names),
              len(points), how, len(vocab), time.perf_counter() - t0)  # fmt: skip
     return index
 
 
-def _write_index(index: SceneIndex, f: Path) -> None:
+def _write_index(index: SceneIndex, raw: list[np.ndarray], f: Path) -> None:
+    """The index on disk, with the descriptors as COLMAP's uint8 ones (``raw``, one array per photo):
+    read back, they normalise to exactly the float32 ones the index was first used with."""
     arrays: dict[str, Any] = {
         "meta": np.frombuffer(json.dumps({
             "format": INDEX_VERSION, "names": index.names, "cameras": [c.to_json() for c in index.cameras],
@@ -687,7 +712,7 @@ def _write_index(index: SceneIndex, f: Path) -> None:
         "centre": index.centre,
         "counts": np.array([len(x) for x in index.xy], np.int64),
         "xy": np.concatenate(index.xy) if index.xy else np.zeros((0, 2), np.float32),
-        "desc": (np.concatenate(index.desc) if index.desc else np.zeros((0, 128))).astype(np.float16),
+        "desc": np.concatenate(raw) if raw else np.zeros((0, 128), np.uint8),
         "point_ids": np.concatenate(index.point_ids) if index.point_ids else np.zeros(0, np.int64),
         "point3D_ids": index.point3D_ids if index.point3D_ids is not None else np.full(len(index.points), -1),
     }  # fmt: skip
@@ -704,7 +729,7 @@ def _read_index(f: Path) -> SceneIndex:
     if meta.get("format") != INDEX_VERSION:
         raise IDUError(f"{f}: registration index format {meta.get('format')!r}; delete the folder to rebuild")
     splits = np.cumsum(d["counts"])[:-1]
-    desc = d["desc"].astype(np.float32)
+    desc = _l2(d["desc"].astype(np.float32))
     return SceneIndex(
         meta["names"], [Camera.from_json(c) for c in meta["cameras"]],
         [Pose.from_json(p) for p in meta["poses"]], np.split(d["xy"], splits), np.split(desc, splits),
@@ -1203,7 +1228,7 @@ def register_photos(
     t0 = time.perf_counter()
     index = scene_index(version, config, progress=progress)
     index_s = time.perf_counter() - t0
-    cache = version.scene.root / ".cache" / "registration" / "photos"
+    cache = feature_cache(version)
     loaded: list[Splats] = []
 
     def splats() -> Splats:  # loaded once, and only when a weakly supported pose needs the render check
@@ -1259,6 +1284,6 @@ def _progress(enabled: bool, total: int, label: str = "registering"):
 
 __all__ = [
     "CAMERA_MODES", "Photo", "RegistrationConfig", "Result", "SceneIndex", "build_vocabulary", "extract",
-    "list_photos", "load_photo", "load_rgb", "match_descriptors", "register_photo", "register_photos",
-    "scene_index",
+    "extract_raw", "feature_cache", "list_photos", "load_photo", "load_rgb", "match_descriptors",
+    "register_photo", "register_photos", "scene_index",
 ]  # fmt: skip

@@ -15,6 +15,7 @@ from reconstruction.errors import IDUError, SceneFormatError
 from reconstruction.pose_check import turned
 from reconstruction.registration import (
     RegistrationConfig,
+    _read_index,
     build_vocabulary,
     extract,
     guided_correspondences,
@@ -309,6 +310,10 @@ def test_index_tracks_from_the_scene_model_or_by_triangulation(bench_world, new_
     cfg = RegistrationConfig(tracks=tracks)
     index = scene_index(scene.version(), cfg)
     assert sum(int((p >= 0).sum()) for p in index.point_ids) > 1000
+    again = _read_index(index.path)  # what later runs use: the very descriptors this run matched with
+    assert again.names == index.names
+    for a, b in zip(again.desc, index.desc, strict=True):
+        np.testing.assert_array_equal(a, b)
     (r,) = register_photos(scene.version(), [path], cfg)["images"]
     assert r["status"] == "registered" and _rot_deg(Pose.from_json(r["cam_from_world"]), truth) < 0.2
 
@@ -334,6 +339,30 @@ def test_feature_cache_is_keyed_by_the_extraction_settings(new_view, tmp_path):
     affine = extract(photo, dataclasses.replace(cfg, affine_sift=True), tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 2
     assert len(plain[0]) != len(affine[0])
-    again = extract(photo, cfg, tmp_path)  # from the cache
+    again = extract(photo, cfg, tmp_path)  # from the cache: exactly the fresh features
     np.testing.assert_array_equal(again[0], plain[0])
-    np.testing.assert_allclose(again[1], plain[1], atol=1e-3)
+    np.testing.assert_array_equal(again[1], plain[1])
+
+
+def test_an_index_reuses_the_scene_photos_cached_features(bench_world, tmp_path):
+    """A version's index leaves each scene photo's features in the scene's feature cache; the index of a
+    later version (here: the same version's, rebuilt) reads them from there and is exactly the same."""
+    from reconstruction.registration import feature_cache
+    from reconstruction.store import SceneStore
+
+    _, scene = bench_world
+    copy = SceneStore(tmp_path / "store").scene(scene.name)
+    shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
+    version = copy.version()
+    first = scene_index(version)
+    cached = {p.name: p.stat().st_mtime_ns for p in feature_cache(version).glob("*.npz")}
+    assert len(cached) == len(version.images()) == len(first.names)
+    shutil.rmtree(first.path.parent)  # the index goes, the features stay
+    second = scene_index(version)
+    assert {p.name: p.stat().st_mtime_ns for p in feature_cache(version).glob("*.npz")} == cached
+    assert second.names == first.names
+    np.testing.assert_array_equal(second.vocabulary, first.vocabulary)
+    np.testing.assert_array_equal(second.bow, first.bow)
+    for a, b, pa, pb in zip(first.desc, second.desc, first.point_ids, second.point_ids, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(pa, pb)
