@@ -16,12 +16,16 @@ Reported per set: registered fraction, rotation error (median, max, degrees), ca
 ``--scale``: seconds per new 1-MP photo (decode, SIFT, retrieval, matching, pose; no feature cache)
 against the scene of every 4th before-photo and against the scene of all of them, to show that top-k
 retrieval keeps the time flat as the scene grows.
+
+``--index``: seconds to build the scene's registration index in a copy of the scene, from nothing and
+again with the photos' features in the scene's feature cache (what a merged version's index finds there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -131,7 +135,6 @@ def anchor_report(world: Path, gt: dict, scene) -> dict:
     exhaustive matching, then COLMAP's incremental mapper continuing the scene's model (triangulated with
     its cameras) with ``fix_existing_frames``. Same metrics as :func:`judge`."""
     import os
-    import shutil
 
     import pycolmap
 
@@ -187,12 +190,32 @@ def anchor_report(world: Path, gt: dict, scene) -> dict:
     return judge({"images": images}, truth, radius) | {"scene_matching_seconds": scene_s, "seconds": seconds}
 
 
+def index_report(scene) -> dict:
+    """Index build time in a copy of ``scene``: from nothing, then with the features cached."""
+    from reconstruction.store import SceneStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = SceneStore(Path(tmp) / "store").scene(scene.name)
+        shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
+        version = copy.version()
+        t0 = time.perf_counter()
+        first = scene_index(version)
+        empty_s = time.perf_counter() - t0
+        shutil.rmtree(first.path.parent)  # the index goes, the feature cache stays
+        t0 = time.perf_counter()
+        scene_index(version)
+        cached_s = time.perf_counter() - t0
+    return {"scene": scene.ref, "scene_photos": len(first.names), "index_seconds_from_nothing": empty_s,
+            "index_seconds_features_cached": cached_s}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("world", nargs="?", type=Path, help="world folder (default: the test fixture)")
     ap.add_argument("--novel", type=int, default=10)
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--scale", action="store_true", help="time 1-MP photos against N/4 and N scene photos")
+    ap.add_argument("--index", action="store_true", help="time the scene's index, from nothing and cached")
     ap.add_argument(
         "--anchor", action="store_true", help="also register the after-capture the plain pycolmap way"
     )
@@ -208,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     gt = json.loads((world / "gt.json").read_text())
     if args.scale:
         emit_report(scale_report(world, gt), args.json)
+        return 0
+    if args.index:
+        emit_report(index_report(scene), args.json)
         return 0
     config = RegistrationConfig()
     t0 = time.perf_counter()
