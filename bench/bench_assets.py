@@ -12,7 +12,9 @@ For each object the world *added*, the asset is built from the update after-phot
 - ``--inputs detected``: the pipeline's own: change detection on the update photos, each added candidate
   matched to the true object nearest its box centre.
 
-Per object and backend (``hull``: the starting point, no optimisation; ``multiview``: the default):
+Per object and backend (``hull``: the starting point, no optimisation; ``multiview``: the default;
+``person``, for the world's person: the person branch, the anny body fitted to the masks, which a
+candidate takes once labelled person by a classifier or a reviewer):
 silhouette IoU of the asset's visible coverage (scene occlusions included) against the true mask, PSNR
 inside the true mask of the scene + asset render against the photo (colour-aligned to the scene as the
 optimisation does), seconds. The scene without the asset gives the PSNR the asset has to beat.
@@ -260,6 +262,8 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
                 "hull": (hull, hp, hull_s),
                 "multiview": (asset, placement, windows_s + stats["seconds"]),
             }
+            if c["category"] == "person":
+                results["person"] = person_branch(splats, box, windows, windows_s)
             for label, (a, p, secs) in results.items():
                 fit = judge(splats, a, p, box, fit_views, mv)
                 test = judge(splats, a, p, box, test_views, mv, hidden) if test_views else {}
@@ -267,6 +271,19 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
                                 "heldout": _side(test)}  # fmt: skip
             report["objects"][c["id"]] = entry
     return report
+
+
+def person_branch(splats, box: dict[str, Any], windows, windows_s: float = 0.0):
+    """(asset, placement, seconds) of the person branch (``generation.human``) on ``windows``, with the
+    scene's up from the box as the asset stage takes it."""
+    from generation.assets import _up
+    from generation.human.fit import PersonFitConfig, fit_person
+    from generation.human.person import person_asset
+
+    t0 = time.perf_counter()
+    fit = fit_person(windows, box, _up(box), splats, PersonFitConfig(seed=0))
+    asset, placement, _ = person_asset(fit, windows, seed=0)
+    return asset, placement, windows_s + time.perf_counter() - t0
 
 
 def placement_report(
@@ -320,7 +337,9 @@ def table(report: dict[str, Any]) -> str:
         if e.get("status") != "ok":
             rows.append((oid, e.get("status", ""), "", "", "", "", "", ""))
             continue
-        for b in ("hull", "multiview"):
+        for b in ("hull", "multiview", "person"):
+            if b not in e:
+                continue
             r = e[b]
             u, h = r["update"], r["heldout"]
             rows.append((oid, b, _fmt(r["seconds"], ".1f"), _fmt(u["silhouette_iou"]),

@@ -378,7 +378,7 @@ def build_asset(
         from .human.person import person_asset
 
         fit = fit_person(windows, box, _up(box), scene, PersonFitConfig(seed=config.seed))
-        asset, placement, person = person_asset(fit, windows, config.gaussians, config.seed)
+        asset, placement, person = person_asset(fit, windows, seed=config.seed)  # its own Gaussian count
         return asset, placement, report | person, windows
     if backend == "hull":
         asset, placement = hull_asset(points, aligned_views(windows), HullConfig(seed=config.seed), name=cid)

@@ -7,7 +7,11 @@ white balance) where a photo sees it: in front in that photo's z-buffer of the b
 inside the person's mask and not behind a scene occluder; photos are weighted by how squarely they see
 the surface. Vertices no photo sees take the colour of the nearest seen vertex. The coloured mesh becomes
 Gaussians by area-weighted surface sampling (``generation.surface.mesh_to_splats``), placed with its
-feet on the point the fit found.
+feet on the point the fit found. Last, those Gaussians are optimised briefly against the photos with the
+scene frozen (``generation.multiview.optimise_in_box``, no densification, the means held close): sampled
+from the mesh, they render its silhouette about a pixel too wide all round at the photos' resolution (the
+rasterizer's low-pass filter; a person 50-130 pixels tall at 320 px loses 0.1-0.25 IoU to it), and the
+short optimisation pulls them in and brings the photos' colours, while the body keeps the unseen sides.
 
     fit = fit_person(windows, box, up, scene)
     asset, placement, report = person_asset(fit, windows)
@@ -15,12 +19,13 @@ feet on the point the fit found.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from generation.assets import nearest
-from generation.multiview import Window
+from generation.multiview import MultiViewConfig, Window, optimise_in_box, window_metrics
 from generation.surface import Mesh, mesh_to_splats
 from reconstruction.splats import Splats
 
@@ -82,9 +87,24 @@ def colour_vertices(vertices: np.ndarray, faces: np.ndarray, windows: list[Windo
     return col, seen
 
 
-def person_asset(fit: PersonFit, windows: list[Window], gaussians: int = 20000,
-                 seed: int = 0) -> tuple[Splats, dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """(Gaussians in the person's frame, placement into the scene, report) from a body fit."""
+REFINE = MultiViewConfig(steps=60, refine_start=10**9, means_lr=2e-4)
+"""The short optimisation of the person's Gaussians (``refine_steps`` replaces its steps): no
+densification (the mesh gave them evenly), means moving at a fifth of the multi-view backend's rate."""
+
+
+def person_asset(
+    fit: PersonFit,
+    windows: list[Window],
+    gaussians: int = 5000,
+    seed: int = 0,
+    refine_steps: int = REFINE.steps,
+) -> tuple[Splats, dict[str, Any], dict[str, Any]]:
+    """(Gaussians in the person's frame, placement into the scene, report) from a body fit.
+
+    ``gaussians``: how many the mesh becomes (fewer, larger ones widen the silhouette less: 5000 against
+    20,000 held 0.05 more IoU in views the fit never saw); ``refine_steps``: the optimisation against the
+    photos (0: none). The report's ``asset_silhouette_iou`` is the Gaussians' own, per photo, before and
+    after it."""
     V = fit.clothed_vertices()
     F = np.asarray(fit.posed.faces, np.int64)
     col, seen = colour_vertices(V, F, windows)
@@ -92,6 +112,7 @@ def person_asset(fit: PersonFit, windows: list[Window], gaussians: int = 20000,
     mesh = Mesh(V - feet, F, vertex_colors=np.clip(col, 0, 1), name="person")
     asset = mesh_to_splats(mesh, num=gaussians, seed=seed, thickness=0.3)
     placement = {"rotation_wxyz": [1.0, 0.0, 0.0, 0.0], "translation": [float(x) for x in feet], "scale": 1.0}
+    asset, refined = _refine(asset, feet, windows, refine_steps, seed)
     report = {
         "backend": "person",
         "body_model": "anny",
@@ -109,7 +130,27 @@ def person_asset(fit: PersonFit, windows: list[Window], gaussians: int = 20000,
             "names": list(fit.extra.get("keypoint_names", [])),
             "xyz": np.round(fit.posed.keypoints.numpy(), 4).tolist(),
         },
+        "asset_silhouette_iou": refined,
         "seen_fraction": round(float(seen.mean()), 3),
         "fit_seconds": round(fit.seconds, 2),
     }
     return asset, placement, report
+
+
+def _refine(asset: Splats, feet: np.ndarray, windows: list[Window], steps: int,
+            seed: int) -> tuple[Splats, dict[str, Any]]:  # fmt: skip
+    """The person's Gaussians (its own frame, ``feet`` at the origin) optimised against ``windows`` inside
+    their own box grown by 10 %; per-photo silhouette IoU of the Gaussians before and after."""
+    init = asset.to_numpy()
+    init.means = (init.means + feet).astype(np.float32)
+    lo, hi = init.means.min(0), init.means.max(0)
+    box = {"center": (0.5 * (lo + hi)).tolist(), "size": (1.1 * (hi - lo) + 1e-3).tolist(),
+           "rotation_wxyz": [1.0, 0.0, 0.0, 0.0]}  # fmt: skip
+    if steps <= 0:
+        ious = {w.name: round(window_metrics(w, init.to_torch())["silhouette_iou"], 4) for w in windows}
+        return asset, {"before": ious, "after": ious, "steps": 0}
+    out, stats = optimise_in_box(init, box, windows, replace(REFINE, steps=steps, seed=seed))
+    out.means = (out.means - feet).astype(np.float32)
+    per = {k: {w: round(v[w]["silhouette_iou"], 4) for w in v} for k, v in
+           (("before", stats["before"]["views"]), ("after", stats["after"]["views"]))}  # fmt: skip
+    return out.validate("person asset"), per | {"steps": steps, "seconds": round(stats["seconds"], 2)}

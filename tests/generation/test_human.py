@@ -65,7 +65,12 @@ def test_a_person_labelled_person_gets_the_body_fitted_to_its_silhouettes(person
     assert np.mean(list(report["fit_silhouette_iou"].values())) > 0.78  # measured: 0.88 (dressed: 0.86)
     fitted = [h for h in report["hypotheses"] if h["fitted"]]
     assert len(fitted) == 2 and fitted[0]["silhouette_iou"] >= fitted[1]["silhouette_iou"]
-    assert report["seen_fraction"] > 0.3 and len(asset) == 20000
+    assert report["seen_fraction"] > 0.3 and 4000 < len(asset) <= 5000
+    # the Gaussians sampled from the mesh render it too wide at the photos' resolution; refined against
+    # the photos they match the masks
+    sil = report["asset_silhouette_iou"]
+    before, after = np.mean(list(sil["before"].values())), np.mean(list(sil["after"].values()))
+    assert after > 0.78 and after > before + 0.08, sil  # measured: 0.70 -> 0.82
     # the feet rest near the bottom of the person's box, under its centre
     feet, centre = np.asarray(placement["translation"]), np.asarray(change["box"]["center"])
     assert np.linalg.norm(feet[:2] - centre[:2]) < 0.25
