@@ -83,10 +83,16 @@ def load_world(world: Path) -> dict[str, Any]:
     return gt
 
 
-def split_after(gt: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(update photos, held-out photos) of the after-capture: even / odd indices."""
+UPDATE_PHOTOS = ("even", "all")
+
+
+def split_after(gt: dict[str, Any], update_photos: str = "even") -> tuple[list[str], list[str]]:
+    """(update photos, held-out photos) of the after-capture: even / odd indices; ``update_photos="all"``:
+    every after-photo updates the scene and none is held out (no held-out PSNR then)."""
+    if update_photos not in UPDATE_PHOTOS:
+        raise IDUError(f"--update-photos {update_photos}: expected one of {', '.join(UPDATE_PHOTOS)}")
     names = [im["name"] for im in gt["after"]["images"]]
-    return names[0::2], names[1::2]
+    return (names, []) if update_photos == "all" else (names[0::2], names[1::2])
 
 
 def emit_report(report: dict[str, Any], path: Path | None = None) -> None:
@@ -195,8 +201,8 @@ def _bootstrap_report(scene: Scene) -> dict[str, Any]:
 
 
 def run_benchmark(world: Path, preset_name: str = "default", baseline: str | None = None,
-                  iterations: int | None = None, poses: str = "known",
-                  stages: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+                  iterations: int | None = None, poses: str = "known", stages: list[str] | None = None,
+                  update_photos: str = "even") -> dict[str, Any]:  # fmt: skip
     world = Path(world)
     gt = load_world(world)
     if baseline is not None and baseline not in BASELINES:
@@ -207,7 +213,7 @@ def run_benchmark(world: Path, preset_name: str = "default", baseline: str | Non
     overrides = {"iterations": iterations} if iterations else {}
     config = BootstrapConfig(sfm=dataclasses.replace(BENCH_SFM), train=preset(preset_name, **overrides),
                              progress=False)  # fmt: skip
-    update_names, heldout = split_after(gt)
+    update_names, heldout = split_after(gt, update_photos)
     report: dict[str, Any] = {
         "world": str(world.resolve()),
         "generator_version": gt["generator_version"],

@@ -917,6 +917,10 @@ def bench_run(
         str | None,
         typer.Option(help="Comma-separated stages to run (default: all); the others say 'not run'."),
     ] = None,
+    update_photos: Annotated[
+        str,
+        typer.Option(help="even: the even after-photos update, the odd are held out; all: all update."),
+    ] = "even",
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
     json_out: JsonFlag = False,
 ):
@@ -924,7 +928,7 @@ def bench_run(
     from bench.runner import format_table, run_benchmark
 
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
-    report = run_benchmark(world, preset, baseline, iterations, bootstrap_poses, chosen)
+    report = run_benchmark(world, preset, baseline, iterations, bootstrap_poses, chosen, update_photos)
     typer.echo(format_table(report), err=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,12 @@ def test_runner_input_errors(tmp_path, bench_world):
         run_benchmark(world, baseline="magic")
     with pytest.raises(IDUError, match="--stages magic: expected some of register"):
         run_benchmark(world, stages=["magic"])
+    with pytest.raises(IDUError, match="--update-photos most: expected one of even, all"):
+        run_benchmark(world, update_photos="most")
+    gt = load_world(world)
+    names = [im["name"] for im in gt["after"]["images"]]
+    assert split_after(gt, "all") == (names, [])
+    assert sorted(sum(split_after(gt), [])) == sorted(names)
 
 
 def test_cli_bench_run_json(bench_world, tmp_path):
