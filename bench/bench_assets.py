@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from bench.runner import BENCH_SFM, cached_bootstrap, load_world, split_after
-from generation.assets import HullConfig, View, hull_asset
+from generation.assets import AssetConfig, HullConfig, View, build_asset, hull_asset
 from generation.multiview import (
     MultiViewConfig,
     aligned_views,
@@ -263,7 +263,7 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
                 "multiview": (asset, placement, windows_s + stats["seconds"]),
             }
             if c["category"] == "person":
-                results["person"] = person_branch(splats, box, windows, windows_s)
+                results["person"] = person_branch(splats, c["id"], box, views, points)
             for label, (a, p, secs) in results.items():
                 fit = judge(splats, a, p, box, fit_views, mv)
                 test = judge(splats, a, p, box, test_views, mv, hidden) if test_views else {}
@@ -273,17 +273,13 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
     return report
 
 
-def person_branch(splats, box: dict[str, Any], windows, windows_s: float = 0.0):
-    """(asset, placement, seconds) of the person branch (``generation.human``) on ``windows``, with the
-    scene's up from the box as the asset stage takes it."""
-    from generation.assets import _up
-    from generation.human.fit import PersonFitConfig, fit_person
-    from generation.human.person import person_asset
-
+def person_branch(splats, cid: str, box: dict[str, Any], views: list[View], points: np.ndarray):
+    """(asset, placement, seconds) of the asset stage for a candidate labelled person (the person branch,
+    ``generation.human``), windows included."""
     t0 = time.perf_counter()
-    fit = fit_person(windows, box, _up(box), splats, PersonFitConfig(seed=0))
-    asset, placement, _ = person_asset(fit, windows, seed=0)
-    return asset, placement, windows_s + time.perf_counter() - t0
+    cand = {"id": cid, "kind": "added", "box": box, "label": "person"}
+    asset, placement, _, _ = build_asset(splats, cand, views, points, AssetConfig(seed=0, previews=False))
+    return asset, placement, time.perf_counter() - t0
 
 
 def placement_report(

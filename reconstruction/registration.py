@@ -345,7 +345,7 @@ def extract(
     """SIFT keypoints [N, 2] (pixel centres at +0.5, processing size) and L2-normalised descriptors
     [N, 128] float32; cached by the photo's pixel hash and the settings."""
     xy, raw = extract_raw(photo, config, cache)
-    return xy, _l2(raw.astype(np.float32))
+    return xy, _descriptors(raw)
 
 
 def extract_raw(
@@ -368,6 +368,12 @@ def extract_raw(
         np.savez(tmp, xy=xy, desc=raw)
         os.replace(tmp, f)
     return xy, raw
+
+
+def _descriptors(raw: np.ndarray) -> np.ndarray:
+    """COLMAP's uint8 SIFT descriptors [N, 128] as the L2-normalised float32 ones everything matches with:
+    the one conversion, whether they were just extracted, cached or read back with an index."""
+    return _l2(raw.astype(np.float32))
 
 
 def _l2(d: np.ndarray) -> np.ndarray:
@@ -667,7 +673,7 @@ def scene_index(version, config: RegistrationConfig | None = None, progress: boo
     if built is None:
         built = _tracks_by_triangulation(stored, photos, folder / "sfm", config)
     names, cams, poses, xys, raw, pids, pts, model_ids, how = built
-    descs = [_l2(r.astype(np.float32)) for r in raw]
+    descs = [_descriptors(r) for r in raw]
     points = np.stack(pts) if pts else np.zeros((0, 3))
     vocab = build_vocabulary(descs, config.vocabulary_size, config.seed)
     words = [_words(d, vocab) for d in descs]  # assigned once: for the document frequencies and the bags
@@ -729,7 +735,7 @@ def _read_index(f: Path) -> SceneIndex:
     if meta.get("format") != INDEX_VERSION:
         raise IDUError(f"{f}: registration index format {meta.get('format')!r}; delete the folder to rebuild")
     splits = np.cumsum(d["counts"])[:-1]
-    desc = _l2(d["desc"].astype(np.float32))
+    desc = _descriptors(d["desc"])
     return SceneIndex(
         meta["names"], [Camera.from_json(c) for c in meta["cameras"]],
         [Pose.from_json(p) for p in meta["poses"]], np.split(d["xy"], splits), np.split(desc, splits),
