@@ -27,13 +27,20 @@ How (no Python loop over Gaussians or pixels):
 
 Under ``torch.no_grad`` (or when nothing requires grad) nothing is saved and memory stays bounded by one
 chunk.
+
+Steps 2-4 are the ``torch`` engine. The default ``compiled`` engine (``_numba_rasterizer``) composites the
+same projected Gaussians with numba scanline kernels that stop each pixel early, as gsplat does: 7-10x
+faster on 2 cores on a trained scene; both are tested against the same brute-force reference.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -435,6 +442,14 @@ def _composite_backward(
         torch.mul(gp[4], w, out=cols[9])
         mom.index_add_(1, ch.g, cols)
         del cols, gp, uu, vv, d_sig, d_alpha, w
+    return _grads_from_moments(mom, conics, opacities)
+
+
+def _grads_from_moments(
+    mom: Tensor, conics: Tensor, opacities: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients for means2d, conics, opacities and feats from the per-Gaussian sums ``mom`` [10, M] (see
+    ``_composite_backward``)."""
     a, b, c = conics.unbind(-1)
     s_u, s_v, s_uu, s_uv, s_vv, s_a, gr, gg, gb, gd = mom
     g_means2d = torch.stack([-(a * s_u + b * s_v), -(b * s_u + c * s_v)], -1)
@@ -462,20 +477,87 @@ class _Rasterize(torch.autograd.Function):
         return (*g, None, None, None, None)
 
 
+class _RasterizeCompiled(torch.autograd.Function):
+    """The same compositing by ``_numba_rasterizer``'s scanline kernels (forward and backward)."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, ext, width, height):
+        from . import _numba_rasterizer as nr
+
+        f64 = [t.detach().to(torch.float64).contiguous().numpy() for t in (means2d, conics, opacities, feats)]
+        m2d, con, op, ft = f64
+        offsets, items = nr.row_lists(ext.i0.numpy(), ext.i1.numpy(), height)
+        geo = (offsets, items, m2d[:, 0].copy(), m2d[:, 1].copy(), con, op, ext.p1.numpy(), ext.p2.numpy(),
+               ext.p3.numpy(), ft)  # fmt: skip
+        acc = np.zeros((5, height * width))
+        t_final = np.ones(height * width)
+        last = np.full(height * width, -1, np.int64)
+        n = nr.threads()
+        nr.launch(nr.forward, *geo, width, height, acc, t_final, last, n, num_threads=n)
+        ctx.geo, ctx.t_final, ctx.last, ctx.width, ctx.height = geo, t_final, last, width, height
+        ctx.save_for_backward(conics, opacities)
+        return torch.from_numpy(acc).to(means2d.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_acc):
+        from . import _numba_rasterizer as nr
+
+        conics, opacities = ctx.saved_tensors
+        grad = grad_acc.detach().to(torch.float64).contiguous().numpy()
+        n = nr.threads()
+        mom = np.zeros((n, 10, conics.shape[0]))
+        args = (*ctx.geo, grad, ctx.width, ctx.height, ctx.t_final, ctx.last, mom)
+        nr.launch(nr.backward, *args, num_threads=n)
+        mom_t = torch.from_numpy(mom.sum(0)).to(conics.dtype)
+        return (*_grads_from_moments(mom_t, conics, opacities), None, None, None)
+
+
+#: CPU compositing engines: ``compiled`` (numba scanlines with early stop; the default where numba
+#: imports) and ``torch`` (chunked pairs, no compilation). ``IDU_CPU_RASTERIZER`` overrides the default.
+ENGINES = ("compiled", "torch")
+
+
+@functools.cache
+def _compiled_available() -> bool:
+    try:
+        from . import _numba_rasterizer  # noqa: F401
+    except ImportError:  # numba missing or broken: the torch engine does the same work
+        return False
+    return True
+
+
+def default_engine() -> str:
+    env = os.environ.get("IDU_CPU_RASTERIZER")
+    if env:
+        if env not in ENGINES:
+            raise ValueError(f"IDU_CPU_RASTERIZER={env}: expected one of {', '.join(ENGINES)}")
+        return env
+    return "compiled" if _compiled_available() else "torch"
+
+
 def rasterize(
     proj: Projected,
     width: int,
     height: int,
     max_pairs: int = DEFAULT_MAX_PAIRS,
+    engine: str | None = None,
 ) -> Tensor:
-    """Composite projected Gaussians front to back. Returns [5, H, W]: rgb, alpha, weighted z sum."""
+    """Composite projected Gaussians front to back. Returns [5, H, W]: rgb, alpha, weighted z sum.
+
+    ``engine``: one of ``ENGINES`` (None: :func:`default_engine`); the compiled one runs on CPU tensors only.
+    """
+    engine = engine or default_engine()
+    if engine not in ENGINES:
+        raise ValueError(f"rasterize: unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
     feats = torch.cat([proj.colors.T, torch.ones_like(proj.depths)[None], proj.depths[None]], 0).contiguous()
     with torch.no_grad():
         ext = _extents(
             proj.means2d.detach(), proj.conics.detach(), proj.opacities.detach(), proj.cov_diag, height
         )
     tensors = (proj.means2d, proj.conics, proj.opacities, feats)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if engine == "compiled" and proj.means2d.device.type == "cpu":
+        acc = _RasterizeCompiled.apply(*tensors, ext, width, height)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         acc = _Rasterize.apply(*tensors, ext, width, height, max_pairs)
     else:
         with torch.no_grad():
@@ -499,8 +581,11 @@ def render_torch(
     far: float = 1e10,
     max_pairs: int = DEFAULT_MAX_PAIRS,
     info: dict | None = None,
+    engine: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """rgb [H, W, 3], alpha [H, W], expected depth [H, W] (0 where alpha is 0), as gsplat "RGB+ED".
+
+    ``engine``: the compositing engine (see :func:`rasterize`; None: :func:`default_engine`).
 
     ``info`` (a dict, optional) receives ``means2d`` [N, 2] (pixel centres; its ``.grad`` is kept after
     backward, zero for Gaussians not drawn), ``visible`` [N] bool and ``radii`` [N] (3 sigma, pixels).
@@ -519,7 +604,7 @@ def render_torch(
         info["radii"] = proj.means2d.new_zeros(n).index_copy(
             0, proj.ids, 3.0 * proj.cov_diag.max(-1).values.sqrt()
         )
-    acc = rasterize(proj, width, height, max_pairs)
+    acc = rasterize(proj, width, height, max_pairs, engine)
     rgb, alpha, zacc = acc[:3].permute(1, 2, 0).contiguous(), acc[3], acc[4]
     if background is not None:
         rgb = rgb + (1.0 - alpha)[..., None] * background

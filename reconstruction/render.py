@@ -1,4 +1,8 @@
-"""Render a splat scene from a camera: gsplat on CUDA, a pure-torch rasterizer on CPU (same semantics).
+"""Render a splat scene from a camera: gsplat on CUDA, our own rasterizer on CPU (same semantics).
+
+The CPU rasterizer (``_torch_rasterizer``) projects in torch (autograd through the projection and the
+spherical harmonics) and composites with compiled scanline kernels (``_numba_rasterizer``) or, where numba
+is missing or ``IDU_CPU_RASTERIZER=torch``, with chunked torch operations.
 
 The one public function is :func:`render`. Both backends implement gsplat 1.x's "classic" 3DGS
 rasterization (EWA projection, ``eps2d = 0.3`` blur, alpha clamped to 0.999, alpha < 1/255 skipped,

@@ -161,7 +161,10 @@ def test_training_lowers_the_loss_raises_psnr_and_densifies(capture, gt_model):
     init = init_splats(gt_model, train, cfg, scene_extent(views))
     before = evaluate(init, test)["psnr"]
     assert stats["test_psnr"] > before + 1.0
-    assert stats["test_psnr"] > 16.0  # 60 steps at 96x72: a sanity floor; the gain above is the test
+    # 60 steps at 96x72: a sanity floor; the gain above is the test. Measured 15.8-16.6 dB over training
+    # seeds 0-3 and both CPU engines (the split Gaussians' random positions follow which ones split, and
+    # float rounding decides a few of those).
+    assert stats["test_psnr"] > 15.5
     assert set(stats["test_views"]) == {v.name for v in test}
 
 
