@@ -75,9 +75,12 @@ def _span(r, g, mx, my, p1, p2, p3, width):
 
 
 @njit(inline="always")
-def _alpha(a, b, c, o, u, v):
-    """gsplat's alpha before the clamp: ``opacity exp(-sigma)``, the same expression in both passes."""
-    return o * np.exp(-(0.5 * (a * u * u + c * v * v) + b * u * v))
+def _alpha(j, v, g, mx, conics, op):
+    """Gaussian g's alpha before the clamp at column j of a row ``v`` below its centre: gsplat's
+    ``opacity exp(-sigma)`` at the pixel centre, the same expression in both passes. Returns (alpha, u)."""
+    u = j + 0.5 - mx[g]
+    a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+    return op[g] * np.exp(-(0.5 * (a * u * u + c * v * v) + b * u * v)), u
 
 
 @njit(parallel=True, cache=True)
@@ -96,12 +99,10 @@ def forward(
             for k in range(offsets[r], offsets[r + 1]):
                 g = items[k]
                 j0, j1, v = _span(r, g, mx, my, p1, p2, p3, width)
-                a, b, c, o = conics[g, 0], conics[g, 1], conics[g, 2], op[g]
                 for j in range(j0, j1 + 1):
                     if done[j]:
                         continue
-                    u = j + 0.5 - mx[g]
-                    alpha = _alpha(a, b, c, o, u, v)
+                    alpha = _alpha(j, v, g, mx, conics, op)[0]
                     if alpha < ALPHA_THRESHOLD:
                         continue
                     alpha = min(alpha, ALPHA_MAX)
@@ -141,14 +142,12 @@ def backward(offsets, items, mx, my, conics, op, p1, p2, p3, feats, grad, width,
             for k in range(offsets[r + 1] - 1, offsets[r] - 1, -1):
                 g = items[k]
                 j0, j1, v = _span(r, g, mx, my, p1, p2, p3, width)
-                a, b, c, o = conics[g, 0], conics[g, 1], conics[g, 2], op[g]
                 f0, f1, f2, f4 = feats[0, g], feats[1, g], feats[2, g], feats[4, g]
                 for j in range(j0, j1 + 1):
                     p = base + j
                     if k > last[p]:
                         continue
-                    u = j + 0.5 - mx[g]
-                    raw = _alpha(a, b, c, o, u, v)
+                    raw, u = _alpha(j, v, g, mx, conics, op)
                     if raw < ALPHA_THRESHOLD:
                         continue
                     alpha = min(raw, ALPHA_MAX)

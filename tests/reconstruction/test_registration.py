@@ -288,6 +288,29 @@ def test_matching_and_retrieval_primitives():
         build_vocabulary([a[:3]])
 
 
+def test_blocked_matching_equals_the_whole_similarity_matrix():
+    """Rows taken a block at a time (several blocks, a ragged last one) give exactly the matches of one
+    [N, M] similarity matrix: best two per row, ratio test, mutual best per column."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(700, 128)).astype(np.float32)
+    b = np.concatenate([a[rng.permutation(700)[:500]] + rng.normal(0, 1.3, (500, 128)),
+                        rng.normal(size=(150, 128))]).astype(np.float32)  # fmt: skip
+    a = np.concatenate([a, a[:100] + rng.normal(0, 0.3, (100, 128))]).astype(np.float32)  # near twins
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    sim = a.astype(np.float64) @ b.T.astype(np.float64)
+    top2 = np.sort(sim, 1)[:, -2:]
+    dist = np.sqrt(np.clip(2 - 2 * top2, 0, None))
+    rows = np.flatnonzero(dist[:, 1] < 0.8 * dist[:, 0])
+    cols = sim.argmax(1)[rows]
+    mutual = sim.argmax(0)[cols] == rows
+    want = np.stack([rows, cols], 1)[mutual]
+    assert 100 < len(rows) < 700 and 10 < (~mutual).sum()  # the ratio test and the mutual check both decide
+    for block in (256, 64, 800):
+        got = match_descriptors(a, b, block=block)
+        assert np.array_equal(got, want)
+
+
 def test_cli_register_json(bench_world, new_view):
     from flows.cli import app
 
