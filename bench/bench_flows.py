@@ -41,9 +41,8 @@ def run_benchmark() -> dict:
     photos = world / "after" / "images"
     tmp = Path(tempfile.mkdtemp(prefix="idu-bench-flows-"))
     store = tmp / "store"
-    ignore = shutil.ignore_patterns(".cache", ".work", ".lock", ".staging")
     for name in ("reviewed", "auto"):
-        shutil.copytree(source.root, store / name, ignore=ignore)
+        source.copy_to(store, name, caches=False)
     report: dict = {"world": str(world), "photos": len(list(photos.iterdir()))}
     try:
         t0 = time.perf_counter()

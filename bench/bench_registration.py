@@ -192,12 +192,9 @@ def anchor_report(world: Path, gt: dict, scene) -> dict:
 
 def index_report(scene) -> dict:
     """Index build time in a copy of ``scene``: from nothing, then with the features cached."""
-    from reconstruction.store import SceneStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        copy = SceneStore(Path(tmp) / "store").scene(scene.name)
-        shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
-        version = copy.version()
+        version = scene.copy_to(Path(tmp) / "store", caches=False).version()
         t0 = time.perf_counter()
         first = scene_index(version)
         empty_s = time.perf_counter() - t0

@@ -59,10 +59,9 @@ def run_benchmark(reviewers: int = 20, runs_n: int = 6, rounds: int = 6, seed: i
     photos = world / "after" / "images"
     tmp = Path(tempfile.mkdtemp(prefix="idu-bench-review-"))
     store = tmp / "store"
-    ignore = shutil.ignore_patterns(".cache", ".work", ".lock", ".staging")
     names = [f"scene{i}" for i in range(runs_n)]
     for n in names:
-        shutil.copytree(source.root, store / n, ignore=ignore)
+        source.copy_to(store, n, caches=False)
     users = UserStore(store)
     for i in range(reviewers):
         users.add(f"r{i:02d}", "reviewer", PASSWORD)

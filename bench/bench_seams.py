@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             ("plain", None),
             ("seams", SeamConfig(steps=args.steps, shell=args.shell, hold_weight=args.hold)),
         ):
-            scene = store.scene(name)
-            shutil.copytree(cached.root, scene.root, ignore=shutil.ignore_patterns(".work", ".lock"))
+            scene = cached.copy_to(store, name)
             t0 = time.perf_counter()
             out = merge(scene, decisions, Path(tmp), seams=seams)
             report[f"{name}_seconds"] = time.perf_counter() - t0

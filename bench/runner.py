@@ -379,8 +379,7 @@ def bench_merge(
         photos.mkdir()
         for n in update:
             shutil.copyfile(world / views[n]["path"], photos / n)
-        copy = SceneStore(Path(tmp) / "store").scene("merged")
-        shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".work", ".lock"))
+        copy = scene.copy_to(Path(tmp) / "store", "merged")
         decisions = [{"change_id": c["id"], "action": "approve", "kind": "removed",
                       "box": c["box"] if c["kind"] == "removed" else c["box_before"]}
                      for c in cid]  # fmt: skip
@@ -428,8 +427,7 @@ def bench_update(scene: Scene, world: Path, gt: dict[str, Any], update: list[str
         photos.mkdir()
         for n in update:
             shutil.copyfile(world / views[n]["path"], photos / n)
-        copy = SceneStore(tmp / "store").scene("updated")
-        shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".work", ".lock"))
+        copy = scene.copy_to(tmp / "store", "updated")
         version = copy.version()
         t0 = time.perf_counter()
         reg = register_photos(version, photos) if poses == "registered" else true_registration(gt, update)

@@ -226,6 +226,19 @@ class Scene:
         if not self.exists:
             raise SceneStoreError(f"{self.ref}: no such scene (import one with `idu scene import`)")
 
+    def copy_to(self, store: SceneStore | str | os.PathLike, name: str | None = None, *,
+                caches: bool = True) -> Scene:  # fmt: skip
+        """A copy of this scene as ``name`` (default: the same name) in ``store``: every version, image and
+        the log, and the derived caches (registration index, features) when ``caches``; never a writer's
+        lock, work or staging folder. The copy must not exist yet."""
+        self._require()
+        dst = (store if isinstance(store, SceneStore) else SceneStore(store)).scene(name or self.name)
+        skip = [".work", ".lock", ".staging"] + ([] if caches else [".cache"])
+        if dst.root.exists():
+            raise SceneStoreError(f"{dst.ref}: already exists (a copy needs a new scene)")
+        shutil.copytree(self.root, dst.root, ignore=shutil.ignore_patterns(*skip))
+        return dst
+
     def current_version(self) -> int | None:
         p = self.root / "current"
         if not p.is_file():

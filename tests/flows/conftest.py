@@ -40,11 +40,8 @@ def ana(idu_services):
 
 def copy_scene(src, store: Path, name: str):
     """A copy of scene ``src`` as ``store/name`` (without its caches: the copy builds its own)."""
-    from reconstruction.store import SceneStore
 
-    dst = Path(store) / name
-    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns(".cache", ".work", ".lock", ".staging"))
-    return SceneStore(store).scene(name)
+    return src.copy_to(store, name, caches=False)
 
 
 @pytest.fixture

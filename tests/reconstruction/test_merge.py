@@ -181,17 +181,14 @@ def test_apply_decisions_is_pure(store_with_scene, tmp_path):
 def test_merge_adds_the_new_photos_to_the_model(bench_world, tmp_path):
     """New photos of the place (registered for real) join the model with their poses and points; the
     existing cameras do not move; the next registration uses them."""
-    import shutil
 
     from PIL import Image
 
     from bench.bench_registration import novel_views
     from reconstruction.registration import register_photos
-    from reconstruction.store import SceneStore
 
     world, cached = bench_world
-    scene = SceneStore(tmp_path / "store").scene("w")
-    shutil.copytree(cached.root, scene.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
+    scene = cached.copy_to(tmp_path / "store", "w", caches=False)
     gt = json.loads((world / "gt.json").read_text())
     novel_views(world, gt, 4, tmp_path / "new")
     reg = register_photos(scene.version(), tmp_path / "new")

@@ -371,12 +371,9 @@ def test_an_index_reuses_the_scene_photos_cached_features(bench_world, tmp_path)
     """A version's index leaves each scene photo's features in the scene's feature cache; the index of a
     later version (here: the same version's, rebuilt) reads them from there and is exactly the same."""
     from reconstruction.registration import feature_cache
-    from reconstruction.store import SceneStore
 
     _, scene = bench_world
-    copy = SceneStore(tmp_path / "store").scene(scene.name)
-    shutil.copytree(scene.root, copy.root, ignore=shutil.ignore_patterns(".cache", ".work", ".lock"))
-    version = copy.version()
+    version = scene.copy_to(tmp_path / "store", caches=False).version()
     first = scene_index(version)
     cached = {p.name: p.stat().st_mtime_ns for p in feature_cache(version).glob("*.npz")}
     assert len(cached) == len(version.images()) == len(first.names)

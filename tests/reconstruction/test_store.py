@@ -86,6 +86,28 @@ def test_versions_are_immutable_and_rollback_moves_only_the_pointer(store_with_s
     assert scene.current_version() == 3
 
 
+def test_copy_to_keeps_versions_and_optionally_caches_never_a_writers_files(store_with_scene, tmp_path):
+    scene = store_with_scene
+    (scene.root / ".cache" / "registration").mkdir(parents=True)
+    (scene.root / ".cache" / "registration" / "index.npz").write_bytes(b"derived")
+    (scene.root / ".work").mkdir(exist_ok=True)
+    (scene.root / ".work" / "run.log").write_text("a run's scratch")
+    with scene.writer():  # the lock file exists while the copy is made
+        copy = scene.copy_to(tmp_path / "other")
+    bare = scene.copy_to(tmp_path / "other", "bare", caches=False)
+    assert copy.ref == f"{tmp_path / 'other'}/{scene.name}" and copy.current_version() == 1
+    for c in (copy, bare):
+        assert tree_digest(c.root / "v1") == tree_digest(scene.root / "v1")
+        assert not (c.root / ".work").exists() and not (c.root / ".lock").exists()
+    assert (copy.root / ".cache" / "registration" / "index.npz").read_bytes() == b"derived"
+    assert not (bare.root / ".cache").exists()
+    assert add_copy(copy) == 2 and scene.version_numbers() == [1]  # the copy is independent
+    with pytest.raises(SceneStoreError, match="already exists"):
+        scene.copy_to(tmp_path / "other", "bare")
+    with pytest.raises(SceneStoreError, match="no such scene"):
+        SceneStore(tmp_path / "none").scene("x").copy_to(tmp_path / "other")
+
+
 def test_second_writer_is_refused_in_process(store_with_scene):
     scene = store_with_scene
     with scene.writer():
