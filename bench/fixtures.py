@@ -18,6 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from reconstruction._torch_rasterizer import engine_override
 from reconstruction.bootstrap import BootstrapConfig
 from reconstruction.store import Scene
 from reconstruction.train import preset
@@ -57,7 +58,11 @@ def fixture_world_and_scene(root: Path | None = None) -> tuple[Path, Scene]:
     """The fixture world and its before-scene (version 1 in the ground-truth frame), both cached."""
     world = fixture_world(root)
     gt = json.loads((world / "gt.json").read_text())
-    scene = cached_bootstrap(world, gt, world / "before" / "images", fixture_config(), "before", "known")
+    # Trained with the torch compositor: training is chaotic (float rounding flips a few densification
+    # decisions, and the random draws of the splits follow), and the stage tests' figures belong to the scene
+    # this draw gives; the compiled engine's scene differs (README, detection).
+    with engine_override("torch"):
+        scene = cached_bootstrap(world, gt, world / "before" / "images", fixture_config(), "before", "known")
     return world, scene
 
 

@@ -35,9 +35,11 @@ faster on 2 cores on a trained scene; both are tested against the same brute-for
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -524,6 +526,23 @@ def _compiled_available() -> bool:
     except ImportError:  # numba missing or broken: the torch engine does the same work
         return False
     return True
+
+
+@contextlib.contextmanager
+def engine_override(engine: str) -> Iterator[None]:
+    """Use ``engine`` as the default CPU compositing engine inside the block (``IDU_CPU_RASTERIZER``, so
+    also in the processes started there)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    before = os.environ.get("IDU_CPU_RASTERIZER")
+    os.environ["IDU_CPU_RASTERIZER"] = engine
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("IDU_CPU_RASTERIZER", None)
+        else:
+            os.environ["IDU_CPU_RASTERIZER"] = before
 
 
 def default_engine() -> str:

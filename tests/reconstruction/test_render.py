@@ -231,6 +231,19 @@ def test_compiled_engine_is_safe_from_threads():
         assert torch.equal(o, alone)
 
 
+def test_engine_override_is_scoped(monkeypatch):
+    from reconstruction._torch_rasterizer import default_engine, engine_override
+
+    monkeypatch.delenv("IDU_CPU_RASTERIZER", raising=False)
+    outer = default_engine()
+    with engine_override("torch"):
+        assert default_engine() == "torch"
+    assert default_engine() == outer and "IDU_CPU_RASTERIZER" not in __import__("os").environ
+    with pytest.raises(ValueError, match="unknown engine"):
+        with engine_override("fast"):
+            pass
+
+
 def test_unknown_engine_is_refused(monkeypatch):
     monkeypatch.setenv("IDU_CPU_RASTERIZER", "fast")
     with pytest.raises(ValueError, match="IDU_CPU_RASTERIZER=fast"):
