@@ -528,12 +528,18 @@ def _compiled_available() -> bool:
     return True
 
 
+def _checked(engine: str, where: str) -> str:
+    """``engine`` if it is one of ``ENGINES``, else a ValueError naming ``where`` it came from."""
+    if engine not in ENGINES:
+        raise ValueError(f"{where}: unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    return engine
+
+
 @contextlib.contextmanager
 def engine_override(engine: str) -> Iterator[None]:
     """Use ``engine`` as the default CPU compositing engine inside the block (``IDU_CPU_RASTERIZER``, so
     also in the processes started there)."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    _checked(engine, "engine_override")
     before = os.environ.get("IDU_CPU_RASTERIZER")
     os.environ["IDU_CPU_RASTERIZER"] = engine
     try:
@@ -548,9 +554,7 @@ def engine_override(engine: str) -> Iterator[None]:
 def default_engine() -> str:
     env = os.environ.get("IDU_CPU_RASTERIZER")
     if env:
-        if env not in ENGINES:
-            raise ValueError(f"IDU_CPU_RASTERIZER={env}: expected one of {', '.join(ENGINES)}")
-        return env
+        return _checked(env, f"IDU_CPU_RASTERIZER={env}")
     return "compiled" if _compiled_available() else "torch"
 
 
@@ -565,9 +569,7 @@ def rasterize(
 
     ``engine``: one of ``ENGINES`` (None: :func:`default_engine`); the compiled one runs on CPU tensors only.
     """
-    engine = engine or default_engine()
-    if engine not in ENGINES:
-        raise ValueError(f"rasterize: unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    engine = _checked(engine, "rasterize") if engine else default_engine()
     feats = torch.cat([proj.colors.T, torch.ones_like(proj.depths)[None], proj.depths[None]], 0).contiguous()
     with torch.no_grad():
         ext = _extents(
