@@ -3,6 +3,8 @@
     python -m bench.bench_detect [WORLD_DIR ...] [--poses true|registered] [--photometric-only] [--json OUT]
     python -m bench.bench_detect --fox ../shared/data/fox [--json OUT]
     python -m bench.bench_detect WORLD_DIR --timing [--work-size 512] [--json OUT]
+    python -m bench.bench_detect --draws torch:0,compiled:0,compiled:1 [--json OUT]
+    (any of them: --set FIELD=VALUE sets a DetectConfig field)
 
 WORLD_DIR defaults to the test fixture (small world, seed 0). The scene is the world's before-capture
 bootstrapped with its known cameras (the runner's default preset, cached); the new photos are the whole
@@ -21,6 +23,8 @@ box centre error over the object's diagonal; false candidates (matching no chang
 (``compare_photo``, at ``--work-size``: 512 compares a 4:3 photo at 512x384), and of the whole stage
 (``detect_changes``: compare, vote, hulls, masks, outputs) on the first K = 6 and on all 12 after-photos of
 a medium world.
+
+``--draws``: the fixture world against its scene trained again with other random draws (``bench_draws``).
 
 ``--fox``: the scene is built from ``images/`` (cached, as in bench_fox), the photos of ``images_holdout/``
 are registered and compared; nothing changed there, so every candidate is false.
@@ -180,6 +184,31 @@ def bench_timing(world: Path, config: DetectConfig, ks: tuple[int, ...] = (6, 12
             "render_compare_median": float(np.median(per_photo)), "stage": stage}  # fmt: skip
 
 
+def bench_draws(draws: list[str], config: DetectConfig) -> list[dict[str, Any]]:
+    """The fixture world's after-capture against its scene trained again with other random draws: each
+    ``ENGINE:SEED`` trains the fixture's configuration (``fast`` preset, known cameras) with that CPU
+    compositing engine and training seed (cached). Training is chaotic (float rounding flips a few
+    densification decisions and the random draws of the splits follow), so each draw is another scene of
+    the same place; detection should not depend on which."""
+    from bench.fixtures import fixture_config, fixture_world
+    from reconstruction._torch_rasterizer import engine_override
+
+    world = fixture_world()
+    gt = load_world(world)
+    reports = []
+    for draw in draws:
+        engine, _, seed = draw.partition(":")
+        boot = fixture_config()
+        boot = dataclasses.replace(boot, train=dataclasses.replace(boot.train, seed=int(seed or 0)))
+        with engine_override(engine):
+            scene = cached_bootstrap(world, gt, world / "before" / "images", boot, f"before-draw-{engine}",
+                                     "known")  # fmt: skip
+        res = bench_detect(scene, world, gt, None, config)
+        reports.append({"world": f"{world} ({draw})", "draw": draw, "size": gt.get("size"),
+                        "seed": gt.get("seed"), "poses": "true", **res})  # fmt: skip
+    return reports
+
+
 def bench_fox(fox: Path, config: DetectConfig, keep: Path | None) -> dict[str, Any]:
     """The fox scene (built from images/, cached) and its held-out photos, registered then compared."""
     from bench.bench_fox import build_scene
@@ -200,6 +229,24 @@ def bench_fox(fox: Path, config: DetectConfig, keep: Path | None) -> dict[str, A
             "boxes": [(c["kind"], c["box"]) for c in doc["candidates"]]}  # fmt: skip
 
 
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as DetectConfig keyword arguments (each value parsed as its field's type)."""
+    fields = {f.name: f for f in dataclasses.fields(DetectConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of DetectConfig's fields")
+        default = getattr(DetectConfig, key)
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):
+            out[key] = tuple(float(v) for v in value.split(",") if v)
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("worlds", nargs="*", type=Path)
@@ -211,9 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fox", type=Path, help="the fox dataset folder (images/, images_holdout/)")
     ap.add_argument("--timing", action="store_true", help="time render + compare per photo and the stage "
                     "for K = 6 and 12 photos (a medium world)")  # fmt: skip
+    ap.add_argument("--draws", help="ENGINE:SEED,... the fixture world against its scene trained with "
+                    "these CPU compositing engines (torch, compiled) and training seeds, "
+                    "e.g. torch:0,compiled:1")  # fmt: skip
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a DetectConfig field (repeatable), e.g. --set below_ground=0.5")  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    config = DetectConfig(work_size=args.work_size)
+    config = DetectConfig(work_size=args.work_size, **_overrides(args.set))
     if args.timing:
         reports = [bench_timing(w, config) for w in args.worlds]
         for r in reports:
@@ -222,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['compared_at'][0]}x{r['compared_at'][1]}; stage {stage}", file=sys.stderr)  # fmt: skip
         emit_report({"config": dataclasses.asdict(config), "timing": reports}, args.json)
         return 0
-    if args.fox:
+    if args.draws:
+        reports = bench_draws(args.draws.split(","), config)
+    elif args.fox:
         reports = [bench_fox(args.fox, config, args.keep)]
     else:
         worlds = args.worlds or [None]
@@ -231,7 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['world']}: recall {r['recall']}, kind {r['kind_accuracy']}, IoU {r['mask_iou_mean']}, "
               f"centre/diag {r['centre_error_over_diagonal_median']}, false {r['false_candidates']}, "
               f"{r['seconds']:.0f} s", file=sys.stderr)  # fmt: skip
-    emit_report({"config": dataclasses.asdict(config), "worlds": reports}, args.json)
+    doc: dict[str, Any] = {"config": dataclasses.asdict(config), "worlds": reports}
+    if args.draws:
+        doc["over_draws"] = {
+            "recall_mean": float(np.mean([r["recall"] for r in reports])),
+            "mask_iou_mean": float(np.mean([r["mask_iou_mean"] for r in reports])),
+            "false_candidates": int(sum(r["false_candidates"] for r in reports)),
+        }
+        print(f"over {len(reports)} draws: {doc['over_draws']}", file=sys.stderr)
+    emit_report(doc, args.json)
     return 0
 
 

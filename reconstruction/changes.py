@@ -25,7 +25,9 @@ clustered (open3d DBSCAN).
 - An added cluster becomes an object by carving its hull on a finer grid (a voxel stays when at least
   ``hull_fraction`` of the photos that see it in front of the scene's surface see it changed); its mask
   in each photo is the hull's footprint on the changed pixels; a photo supports it when the changed
-  pixels cover ``min_coverage`` of the footprint. A hull floating over the scene's surface below it, level
+  pixels cover ``min_coverage`` of the footprint. Nothing added reaches far under the ground in front of the
+  photos (``below_ground``: where the scene renders little, a hull seen from a few similar directions
+  stretches along their rays, under the ground). A hull floating over the scene's surface below it, level
   with the ground in front of the photos, is extended down to it (``ground_contact``: objects stand on
   something; the legs of a person are often what the change maps miss). The change maps catch an
   object's edges and textured parts, not its plain ones, so that hull is a core: each supporting
@@ -166,6 +168,10 @@ class DetectConfig:
     visual hull)."""
     max_ground_gap: float = 3.0
     """(times the hull's height)"""
+    below_ground: float = 0.25
+    """Nothing added reaches further below the ground in front of the photos (the median of ``floor_points``)
+    than this share of the photographers' median height above it: where the scene renders little (the edge of
+    the place), a hull seen from a few similar directions stretches along their rays, under the ground."""
     max_ground_slope: float = 0.2
     """The surface found under an object is the ground when its height differs from the ground in front of
     the nearest photo (``floor_points``) by at most this share of their horizontal distance: a hull
@@ -768,6 +774,19 @@ def floor_points(
     return out
 
 
+def lowest_ground(evidence: list[Evidence], floors: list[tuple[np.ndarray, float]], up: np.ndarray,
+                  below: float) -> float | None:  # fmt: skip
+    """The height along ``up`` under which nothing added can be: the median of the ``floors`` (some photos'
+    bottom rows render junk under the ground) less ``below`` times the photographers' median height above
+    it (scale-free); None without floors."""
+    if not floors or below < 0:
+        return None
+    u = np.asarray(up, float) / np.linalg.norm(up)
+    floor = float(np.median([g for _, g in floors]))
+    eye = float(np.median([ev.pose.center() @ u for ev in evidence])) - floor
+    return floor - below * max(eye, 0.0)
+
+
 def _to_ground(pts: torch.Tensor, up: np.ndarray, ground: float, step: float) -> torch.Tensor:
     """Voxel centres [M, 3] filling each vertical column of ``pts`` [P, 3] (columns ``step`` wide) from
     ``ground`` (height along ``up``) up to the column's lowest point."""
@@ -789,13 +808,15 @@ def _to_ground(pts: torch.Tensor, up: np.ndarray, ground: float, step: float) ->
 
 def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: DetectConfig,
            up: np.ndarray, splats: Splats | None = None,
-           floors: list[tuple[np.ndarray, float]] | None = None) -> Candidate | None:  # fmt: skip
+           floors: list[tuple[np.ndarray, float]] | None = None,
+           lowest: float | None = None) -> Candidate | None:  # fmt: skip
     """An added object from a cluster of changed voxels in front of the rendered surface: its hull is
     carved on a finer grid around the cluster (a voxel stays when the photos that see it in front of
     the scene's surface see it changed), its mask in each photo is the hull's footprint there. With
     ``splats`` and ``ground_contact``, a hull floating over the scene's surface is extended down to it
     first (see ``DetectConfig.ground_contact``) when that surface is level with the ground the photos
-    show in front of them (``floors``, see ``floor_points``)."""
+    show in front of them (``floors``, see ``floor_points``). Voxels below ``lowest`` (``lowest_ground``) are
+    not part of it."""
     fine = votes.voxel / config.fine
     lo = X.min(0).values.numpy() - 2 * votes.voxel
     hi = X.max(0).values.numpy() + 2 * votes.voxel
@@ -807,6 +828,10 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
     if int(keep.sum()) < config.min_voxels:
         return None
     pts = centres[keep]
+    if lowest is not None:
+        pts = pts[torch.from_numpy(pts.numpy() @ (up / np.linalg.norm(up)) >= lowest)]
+        if len(pts) < config.min_voxels:
+            return None
     labels = _clusters(pts.numpy(), 1.8 * fine, 3)
     if (labels >= 0).any():
         main = np.bincount(labels[labels >= 0]).argmax()
@@ -821,6 +846,8 @@ def _added(X: torch.Tensor, evidence: list[Evidence], votes: Votes, config: Dete
         centre = flat.mean(0)
         radius = max(2 * fine, float(np.linalg.norm(flat - centre, axis=1).max()))
         ground = ground_height(splats, centre + (h.min() + fine) * u, u, radius)
+        if ground is not None and lowest is not None and ground < lowest:
+            ground = None  # what the scene renders under the ground
         level = None
         if ground is not None and floors:  # the ground in front of the nearest photo
             dist, height = min((float(np.linalg.norm(p - (p @ u) * u - centre)), g) for p, g in floors)
@@ -1189,11 +1216,14 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
             ev.changed, ev.changed_low = ev.changed & ~gone, ev.changed_low & ~gone
         votes = vote(evidence, centres, voxel, config)
         ids = torch.nonzero(_selected(votes, config)).flatten()
-    floors = floor_points(evidence, up) if config.ground_contact else []
+    floors = floor_points(evidence, up)
+    lowest = lowest_ground(evidence, floors, up, config.below_ground)
+    if not config.ground_contact:
+        floors = []
     # free space in front of the rendered surface can only have been filled
     added = ids[(votes.front[ids].float() >= 0.5 * votes.changed[ids].float()) & ~occupied[ids]]
     for cid in _cluster_ids(votes, added, config):
-        c = _added(votes.centres[cid], evidence, votes, config, up, splats, floors)
+        c = _added(votes.centres[cid], evidence, votes, config, up, splats, floors, lowest)
         if c is None:
             continue
         consistency = photo_consistency(c, evidence)

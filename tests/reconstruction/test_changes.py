@@ -523,6 +523,29 @@ def test_the_ground_in_front_of_each_photo_is_where_its_bottom_rows_meet_the_sce
     assert 1.4 < point[0] < 2.1 and abs(point[1]) < 0.2  # bottom rows look 40-46 degrees down: 1.55-1.93 m
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_nothing_added_reaches_far_below_the_ground_the_photos_stand_on(scale):
+    """Four photographers 1.6 m above a ground at 0.2 m; one photo's bottom rows render junk 6 m under the
+    ground (a scene's underside where it was never photographed). The lowest height an added object may
+    reach: the median ground, less ``below`` times the photographers' height above it, in the scene's
+    units (an SfM scene has an arbitrary scale); below it, the ground found under a hull is junk."""
+    from reconstruction.changes import lowest_ground
+
+    cam = Camera.pinhole(60, 60, 40, 30, 80, 60)
+    black = torch.zeros(60, 80, 3)
+    evs = []
+    for k in range(4):
+        pose = _level_camera(90 * k, 15, (scale * k, 0.0, scale * 1.8))
+        evs.append(Evidence(f"p{k}.png", cam, pose, (80, 60), black, black, black[..., 0], black[..., 0], {},
+                            black[..., 0] > 0))  # fmt: skip
+    floors = [(np.zeros(3), scale * g) for g in (0.2, 0.19, -6.0, 0.21)]
+    up = np.array([0.0, 0.0, 1.0])
+    low = lowest_ground(evs, floors, up, 0.25)
+    median = scale * 0.195  # the median of the four floors, the junk one outvoted
+    assert low == pytest.approx(median - 0.25 * (scale * 1.8 - median))
+    assert lowest_ground(evs, [], up, 0.25) is None
+
+
 def test_novelty_measured_on_blocks_holds_for_each_block():
     """Measured at each 4x4 block's centre pixel it equals the full measurement there, and stays within the
     angle the block spans elsewhere (but along the edges of the scene photos' frames, where it jumps);
