@@ -1,6 +1,6 @@
 """Assets for added objects on a benchmark world: silhouettes, colours, time per object.
 
-    python -m bench.bench_assets [WORLD] [--inputs oracle|detected] [--steps N] [--json OUT]
+    python -m bench.bench_assets [WORLD] [--inputs oracle|detected] [--steps N] [--max-side PX] [--json OUT]
 
 For each object the world *added*, the asset is built from the update after-photos (the even ones, as
 ``idu bench run``) at their true poses, and judged on every after-photo that sees it — the update photos
@@ -23,6 +23,7 @@ optimisation does), seconds. The scene without the asset gives the PSNR the asse
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -146,13 +147,17 @@ def detected_inputs(scene, world: Path, gt: dict[str, Any], update: list[str], t
 
 def judge(scene_splats, asset, placement, box, views: list[View], config: MultiViewConfig,
           hidden: dict[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Silhouette IoU and PSNR in the true mask of the placed asset on ``views`` (and of the scene alone);
+    """Silhouette IoU and PSNR in the true mask of the placed asset on ``views`` (and of the scene alone),
+    at the photos' own resolution whatever the resolution the asset was fitted at (``config.max_side``);
     with ``hidden`` (photo -> full-size mask, see :func:`others_in_front`), also the IoU without those
     pixels (``silhouette_iou_others_in_front``)."""
     import torch
     import torch.nn.functional as F
 
     from reconstruction.splat_ops import transform
+
+    if views:
+        config = dataclasses.replace(config, max_side=max(max(v.rgb.shape[:2]) for v in views))
 
     placed = (transform(asset, placement["rotation_wxyz"], placement["translation"], placement["scale"])
               if asset is not None else None)  # fmt: skip
@@ -194,11 +199,12 @@ def _mean(per: dict[str, dict[str, Any]], key: str) -> float | None:
 
 
 def run(world: Path, inputs: str = "oracle", steps: int | None = None, preset_name: str = "default",
-        scene_ref: str | None = None, device: str | None = None):  # fmt: skip
+        scene_ref: str | None = None, device: str | None = None, max_side: int | None = None):  # fmt: skip
     """The report for ``world`` with its before-scene (bootstrapped with the known cameras and cached, or
     ``scene_ref``)."""
     gt = load_world(world)
-    return assets_on_scene(before_scene(world, gt, scene_ref, preset_name), world, gt, inputs, steps, device)
+    return assets_on_scene(before_scene(world, gt, scene_ref, preset_name), world, gt, inputs, steps, device,
+                           max_side)  # fmt: skip
 
 
 def before_scene(world: Path, gt: dict[str, Any], scene_ref: str | None, preset_name: str):
@@ -212,7 +218,7 @@ def before_scene(world: Path, gt: dict[str, Any], scene_ref: str | None, preset_
 
 
 def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracle", steps: int | None = None,
-                    device: str | None = None):  # fmt: skip
+                    device: str | None = None, max_side: int | None = None):  # fmt: skip
     import tempfile
 
     import torch
@@ -220,9 +226,12 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
     splats = scene.version().load_splats()
     update, heldout = split_after(gt)
     mv = MultiViewConfig(device=device) if steps is None else MultiViewConfig(steps=steps, device=device)
+    if max_side is not None:
+        mv = dataclasses.replace(mv, max_side=max_side)
     added = [c for c in gt["changes"] if c["kind"] == "added"]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     report: dict[str, Any] = {"world": str(world), "inputs": inputs, "steps": mv.steps, "objects": {},
+                              "max_side": mv.max_side, "judged_at": "the photos' own resolution",
                               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                               f"CPU, {torch.get_num_threads()} threads"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -354,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmark world (default: the test fixture's small world, seed 0)")  # fmt: skip
     ap.add_argument("--inputs", choices=("oracle", "detected"), default="oracle")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--max-side", type=int, default=None,
+                    help="longer side the photos are fitted at (MultiViewConfig.max_side); "
+                    "judged at their own")  # fmt: skip
     ap.add_argument("--preset", default="default", help="training preset of the before-scene (as bench run)")
     ap.add_argument(
         "--scene", default=None, help="STORE/NAME of the before-scene (default: bootstrap, cached)"
@@ -373,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"centre {r['centre_error_diag']:.3f} diag, turn {r['turn_error_deg']:+.1f} deg, gap "
                   f"{r['residuals']['ground_gap']}, {r['seconds']:.1f} s", file=sys.stderr)  # fmt: skip
     else:
-        report = run(world, a.inputs, a.steps, a.preset, a.scene, a.device)
+        report = run(world, a.inputs, a.steps, a.preset, a.scene, a.device, a.max_side)
         print(table(report), file=sys.stderr)
     text = json.dumps(report, indent=1, default=float)
     if a.json:
