@@ -171,7 +171,8 @@ class DetectConfig:
     below_ground: float = 0.25
     """Nothing added reaches further below the ground in front of the photos (the median of ``floor_points``)
     than this share of the photographers' median height above it: where the scene renders little (the edge of
-    the place), a hull seen from a few similar directions stretches along their rays, under the ground."""
+    the place), a hull seen from a few similar directions stretches along their rays, under the ground.
+    Negative: no limit."""
     max_ground_slope: float = 0.2
     """The surface found under an object is the ground when its height differs from the ground in front of
     the nearest photo (``floor_points``) by at most this share of their horizontal distance: a hull
