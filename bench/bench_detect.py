@@ -231,11 +231,11 @@ def bench_fox(fox: Path, config: DetectConfig, keep: Path | None) -> dict[str, A
 
 def _overrides(items: list[str]) -> dict[str, Any]:
     """``FIELD=VALUE`` strings as DetectConfig keyword arguments (each value parsed as its field's type)."""
-    fields = {f.name: f for f in dataclasses.fields(DetectConfig)}
+    names = {f.name for f in dataclasses.fields(DetectConfig)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields:
+        if not sep or key not in names:
             raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of DetectConfig's fields")
         default = getattr(DetectConfig, key)
         if isinstance(default, bool):

@@ -1219,12 +1219,11 @@ def find_candidates(evidence: list[Evidence], splats: Splats, config: DetectConf
         ids = torch.nonzero(_selected(votes, config)).flatten()
     floors = floor_points(evidence, up)
     lowest = lowest_ground(evidence, floors, up, config.below_ground)
-    if not config.ground_contact:
-        floors = []
+    contact = floors if config.ground_contact else []
     # free space in front of the rendered surface can only have been filled
     added = ids[(votes.front[ids].float() >= 0.5 * votes.changed[ids].float()) & ~occupied[ids]]
     for cid in _cluster_ids(votes, added, config):
-        c = _added(votes.centres[cid], evidence, votes, config, up, splats, floors, lowest)
+        c = _added(votes.centres[cid], evidence, votes, config, up, splats, contact, lowest)
         if c is None:
             continue
         consistency = photo_consistency(c, evidence)
