@@ -272,7 +272,8 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
                 "multiview": (asset, placement, windows_s + stats["seconds"]),
             }
             if c["category"] == "person":
-                results["person"] = person_branch(splats, c["id"], box, views, points)
+                scene_points = scene.version().load_points()
+                results["person"] = person_branch(splats, c["id"], box, views, points, scene_points)
             for label, (a, p, secs) in results.items():
                 fit = judge(splats, a, p, box, fit_views, mv)
                 test = judge(splats, a, p, box, test_views, mv, hidden) if test_views else {}
@@ -282,12 +283,15 @@ def assets_on_scene(scene, world: Path, gt: dict[str, Any], inputs: str = "oracl
     return report
 
 
-def person_branch(splats, cid: str, box: dict[str, Any], views: list[View], points: np.ndarray):
+def person_branch(splats, cid: str, box: dict[str, Any], views: list[View], points: np.ndarray,
+                  scene_points: np.ndarray | None = None):  # fmt: skip
     """(asset, placement, seconds) of the asset stage for a candidate labelled person (the person branch,
-    ``generation.human``), windows included."""
+    ``generation.human``: keypoints by the default model, the ground on ``scene_points``), windows
+    included."""
     t0 = time.perf_counter()
     cand = {"id": cid, "kind": "added", "box": box, "label": "person"}
-    asset, placement, _, _ = build_asset(splats, cand, views, points, AssetConfig(seed=0, previews=False))
+    config = AssetConfig(seed=0, previews=False)
+    asset, placement, _, _ = build_asset(splats, cand, views, points, config, scene_points)
     return asset, placement, time.perf_counter() - t0
 
 

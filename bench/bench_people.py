@@ -9,8 +9,11 @@ the person's true masks in the after-photos at their true poses, the true box (s
 without detection's error). Runs: every after-photo that shows the person together, then each such
 photo alone.
 
-``--oracle-keypoints`` gives the fit the true keypoints projected into each photo: the figures a perfect
-2D keypoint model would allow (none is shipped; see generation/human/keypoints.py).
+The fit takes the 2D keypoints the pipeline would (``--keypoints auto``: MediaPipe's pose landmarker, whose
+weights the mediapipe wheel ships, when it is installed; generation/human/keypoints.py), or none
+(``--keypoints none``: the silhouettes alone), or those of another model (a registered name or a folder).
+``--oracle-keypoints`` gives it the true keypoints projected into each photo instead: the figures a perfect
+2D keypoint model would allow.
 
 Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame: the placement's error included), of
 all 23 (with the feet), root-relative MPJPE (the hips' midpoints moved together: Human3.6M's protocol #1,
@@ -35,6 +38,7 @@ import numpy as np
 from bench.bench_assets import before_scene, true_views
 from bench.fixtures import fixture_world
 from bench.runner import emit_report, load_world
+from generation.assets import person_keypoints
 from generation.human.fit import PersonFitConfig, fit_person
 from generation.human.keypoints import COCO17
 from generation.human.person import person_asset
@@ -63,8 +67,11 @@ def joint_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "pa_mpjpe_mm": 1000 * float(pa.mean())}  # fmt: skip
 
 
+Keypoints = bool | str | None
+
+
 def run(world: Path, scene_ref: str | None = None, preset_name: str = "default",
-        config: PersonFitConfig | None = None, keypoints: bool = False) -> dict[str, Any]:  # fmt: skip
+        config: PersonFitConfig | None = None, keypoints: Keypoints = "auto") -> dict[str, Any]:  # fmt: skip
     gt = load_world(world)
     if not gt.get("person"):
         return {"world": str(world), "status": "this world has no person"}
@@ -86,25 +93,30 @@ def oracle_keypoints(gt: dict[str, Any], views) -> dict[str, np.ndarray]:
 
 
 def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitConfig | None = None,
-                    single: bool = True, keypoints: bool = False) -> dict[str, Any]:  # fmt: skip
+                    single: bool = True, keypoints: Keypoints = "auto") -> dict[str, Any]:  # fmt: skip
     """The report of :func:`run` on a given before-scene (``single``: also each photo alone;
-    ``keypoints``: with the oracle 2D keypoints of :func:`oracle_keypoints`)."""
+    ``keypoints``: True: the oracle 2D keypoints of :func:`oracle_keypoints`; a model name or folder
+    (``auto`` as AssetConfig.keypoint_model); False or None: none)."""
     if not gt.get("person"):
         return {"world": str(world), "status": "this world has no person"}
-    splats = scene.version().load_splats()
+    splats, points = scene.version().load_splats(), scene.version().load_points()
     change = next(c for c in gt["changes"] if c["id"] == gt["person"]["object_id"])
     views = true_views(world, gt, change["id"], [im["name"] for im in gt["after"]["images"]])
     up = up_direction([Pose.from_json(im["cam_from_world"]) for im in gt["before"]["images"]])
     truth = np.asarray(gt["person"]["keypoints"]["xyz"], np.float64)
     report: dict[str, Any] = {"world": str(world), "photos_with_person": [v.name for v in views],
-                              "keypoints": "oracle (true 3D keypoints projected)" if keypoints else "none",
+                              "keypoints": "oracle (true 3D keypoints projected)" if keypoints is True
+                              else str(keypoints or "none"),
                               "runs": {}}  # fmt: skip
     runs = {"all": views} | ({v.name: [v] for v in views} if single and len(views) > 1 else {})
     for label, sub in runs.items():
         windows = prepare_windows(splats, sub, MultiViewConfig(), change["box"])
         t0 = time.perf_counter()
-        kps = oracle_keypoints(gt, sub) if keypoints else None
-        fit = fit_person(windows, change["box"], up, splats, config, keypoints=kps)
+        if keypoints is True:
+            kps = oracle_keypoints(gt, sub)
+        else:
+            kps = person_keypoints(sub, change["box"], keypoints or None)
+        fit = fit_person(windows, change["box"], up, splats, config, keypoints=kps, points=points)
         asset, _, rep = person_asset(fit, windows)
         secs = time.perf_counter() - t0
         kept = [joint_errors(k, truth) for k in fit.kept_keypoints]
@@ -120,6 +132,7 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
             "best_kept_mpjpe_mm": min(e["mpjpe_mm"] for e in kept),
             "best_kept_root_mpjpe_mm": min(e["root_mpjpe_mm"] for e in kept),
             "ground": fit.ground,
+            "ground_from": fit.extra.get("ground_from"),
             "phenotype": rep["phenotype"],
             "seen_fraction": rep["seen_fraction"],
             "num_gaussians": len(asset),
@@ -169,9 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give the fit the true keypoints projected into the photos (a perfect model)",
     )
+    ap.add_argument(
+        "--keypoints",
+        default="auto",
+        help="2D keypoint model: auto (MediaPipe when installed), none, a name or folder",
+    )
     ap.add_argument("--json", type=Path, help="also write the report here")
     a = ap.parse_args(argv)
-    report = run(a.world or fixture_world(), a.scene, a.preset, keypoints=a.oracle_keypoints)
+    kps = True if a.oracle_keypoints else (None if a.keypoints == "none" else a.keypoints)
+    report = run(a.world or fixture_world(), a.scene, a.preset, keypoints=kps)
     print(table(report), file=sys.stderr)
     emit_report(report, a.json)
     return 0

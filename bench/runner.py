@@ -436,13 +436,14 @@ def bench_update(scene: Scene, world: Path, gt: dict[str, Any], update: list[str
         det = detect_changes(version, photos, tmp / "detect", reg)
         seconds["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        splats = version.load_splats()
+        splats, config = version.load_splats(), AssetConfig(previews=False)
         decisions, assets = [], {}
         for c in det["candidates"]:
             d: dict[str, Any] = {"change_id": c["id"], "action": "approve", "kind": c["kind"]}
             if c["kind"] == "added":
-                doc = asset_for_candidate(tmp / "detect", c, reg, photos, tmp / "assets", splats,
-                                          AssetConfig(previews=False))  # fmt: skip
+                scene_points = version.load_points() if config.routes_to_person(c) else None
+                doc = asset_for_candidate(tmp / "detect", c, reg, photos, tmp / "assets", splats, config,
+                                          scene_points)  # fmt: skip
                 assets[c["id"]] = {"backend": doc["backend"], "num_gaussians": doc["num_gaussians"],
                                    "silhouette_iou": doc["metrics"]["silhouette_iou"],
                                    "psnr_mask": doc["metrics"]["psnr_mask"],

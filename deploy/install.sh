@@ -28,4 +28,9 @@ fi
 # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
-"$VENV/bin/python" -c "import torch, pycolmap, gsplat, open3d, prefect; print('install: ok, torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'prefect', prefect.__version__)" >&2
+# mediapipe 0.10.21 is the last wheel that ships the pose landmarker's weights (BlazePose GHUM full and its
+# detector, Apache-2.0): the person branch's default keypoint model, offline. Its metadata asks for
+# numpy<2, jax, sounddevice and opencv-contrib, none of which its pose solution uses (it runs on numpy 2,
+# measured): installed without them; what it does import is in pyproject.toml.
+"$VENV/bin/python" -m pip install -q --no-deps "mediapipe==0.10.21"
+"$VENV/bin/python" -c "import torch, pycolmap, gsplat, open3d, prefect, mediapipe; print('install: ok, torch', torch.__version__, 'pycolmap', pycolmap.__version__, 'prefect', prefect.__version__)" >&2

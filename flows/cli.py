@@ -526,10 +526,14 @@ def assets(
         raise IDUError(f"{cands_path}: no added candidate {', '.join(missing)}")
     config = AssetConfig(backend=backend, single_view_backend=single_view_backend, model=model, seed=seed,
                          multiview=MultiViewConfig(steps=steps, seed=seed))  # fmt: skip
-    splats = scene.version(version).load_splats()
+    stored = scene.version(version)
+    splats, scene_points = stored.load_splats(), None
     results = []
     for c in wanted:
-        doc = asset_for_candidate(detect_dir, c, docs["registration"], images, out, splats, config)
+        if scene_points is None and config.routes_to_person(c):
+            scene_points = stored.load_points()
+        reg = docs["registration"]
+        doc = asset_for_candidate(detect_dir, c, reg, images, out, splats, config, scene_points)
         m = doc["metrics"]
         typer.echo(f"{c['id']}: {doc['backend']} asset of {doc['num_gaussians']} Gaussians, silhouette IoU "
                    f"{m['silhouette_iou']:.3f}, PSNR in the masks {m['psnr_mask']:.2f} dB -> {out}",

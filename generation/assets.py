@@ -236,6 +236,10 @@ class AssetConfig:
     people: bool = True
     """A candidate labelled ``person`` (a classifier or a reviewer) goes to the person branch
     (generation/human: the anny body fitted to its silhouettes, the photos' pixels on it)."""
+    keypoint_model: str | None = "auto"
+    """2D keypoints for the person branch (generation/human/keypoints.py): a registered name
+    (``mediapipe-pose``, ``vitpose-base``) or a ViTPose folder; ``auto``: ``mediapipe-pose`` when the
+    mediapipe package is installed (its wheel ships the weights), else none; None: the silhouettes alone."""
     previews: bool = True
     """Write preview renders: the asset alone from 4 sides, and composited into each photo."""
     seed: int = 0
@@ -244,6 +248,32 @@ class AssetConfig:
     def routes_to_person(self, candidate: dict[str, Any]) -> bool:
         """Whether ``candidate`` goes to the person branch whatever ``backend`` says."""
         return self.people and candidate.get("label") == "person"
+
+
+def person_keypoints(views: list[View], box: dict[str, Any], model: str | None) -> dict[str, Any] | None:
+    """COCO keypoints [17, 3] per photo that shows the person (photo name -> x, y, confidence), from the
+    keypoint ``model`` (AssetConfig.keypoint_model); None without one. Each photo's crop is turned so that
+    the scene's up points up (:func:`generation.human.keypoints.image_up`)."""
+    from generation.human.keypoints import detect_keypoints, image_up, load_keypoint_model
+    from reconstruction.models import ModelNotAvailable
+
+    if model == "auto":
+        try:
+            kp_model = load_keypoint_model("mediapipe-pose")
+        except ModelNotAvailable as e:
+            log.info("no keypoint model (%s): the person is fitted to its silhouettes alone", e)
+            return None
+    elif model is None:
+        return None
+    else:
+        kp_model = load_keypoint_model(model)
+    centre, up = np.asarray(box["center"], np.float64), _up(box)
+    out = {}
+    for v in views:
+        if (np.asarray(v.mask) > 0).any():
+            d = image_up(v.camera, v.pose, centre, up)
+            out[v.name] = detect_keypoints(kp_model, v.rgb, v.mask, d)
+    return out
 
 
 def _up(box: dict[str, Any]) -> np.ndarray:
@@ -339,8 +369,11 @@ def build_asset(
     views: list[View],
     points: np.ndarray,
     config: AssetConfig | None = None,
+    scene_points: np.ndarray | None = None,
 ) -> tuple[Splats, dict[str, Any], dict[str, Any], list]:
-    """An added candidate's asset with the configured backend (see :class:`AssetConfig`).
+    """An added candidate's asset with the configured backend (see :class:`AssetConfig`). ``points``: the
+    candidate's supporting points; ``scene_points``: the scene's own 3D points (``SceneVersion.load_points``:
+    the ground under a person; None: measured on the splats).
 
     Returns:
         (asset in its own frame, placement into the scene, the backend's report, the photo windows).
@@ -377,7 +410,11 @@ def build_asset(
         from .human.fit import PersonFitConfig, fit_person
         from .human.person import person_asset
 
-        fit = fit_person(windows, box, _up(box), scene, PersonFitConfig(seed=config.seed))
+        kps = person_keypoints(views, box, config.keypoint_model)
+        fit = fit_person(windows, box, _up(box), scene, PersonFitConfig(seed=config.seed), keypoints=kps,
+                         points=scene_points)  # fmt: skip
+        if kps is not None:
+            report["keypoints_2d"] = {n: int((k[:, 2] > 0.5).sum()) for n, k in kps.items()}
         asset, placement, person = person_asset(fit, windows, seed=config.seed)  # its own Gaussian count
         return asset, placement, report | person, windows
     if backend == "hull":
@@ -399,6 +436,7 @@ def asset_for_candidate(
     out: str | Path,
     scene: Splats,
     config: AssetConfig | None = None,
+    scene_points: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The asset of one *added* candidate of an ``idu detect`` output folder, written to ``out``.
 
@@ -408,6 +446,8 @@ def asset_for_candidate(
         registration: the ``idu register --json`` document of the photos.
         images: the photo folder.
         scene: the scene version's Gaussians (frozen: they occlude the object and show behind it).
+        scene_points: the scene version's 3D points (``SceneVersion.load_points``), for the ground under a
+            person (None: the splats').
     Returns:
         ``write_asset``'s document (paths relative to ``out``): ``asset``, ``transform``, ``backend``,
         ``metrics`` (silhouette IoU and PSNR inside the mask per photo and mean), ``previews`` and the
@@ -437,7 +477,7 @@ def asset_for_candidate(
         points = np.load(detect_dir / candidate["points"])
     except (OSError, KeyError, ValueError) as e:
         raise AssetError(f"{cid}: cannot read its supporting points ({e})") from None
-    asset, placement, report, windows = build_asset(scene, candidate, views, points, config)
+    asset, placement, report, windows = build_asset(scene, candidate, views, points, config, scene_points)
     extra = {
         **report,
         "views": [v.name for v in views],

@@ -1,9 +1,10 @@
 """Pretrained models from a hub, behind one registry; nothing is ever downloaded implicitly.
 
-Every optional learned component (DINOv2 for retrieval and change features, image-to-3D models, later
+Every optional learned component (DINOv2 for retrieval and change features, image-to-3D models, people's
 keypoint detectors) is named in :data:`MODELS` with its hub id and licence. :func:`resolve` finds its
 weights offline: a local folder given directly, ``$IDU_MODEL_DIR/<name>``, or the Hugging Face cache;
-otherwise it fails with one line saying where to put them. The default pipeline needs none of these.
+otherwise it fails with one line saying where to put them. The default pipeline downloads none of
+these: its one default among them, ``mediapipe-pose`` (people's 2D keypoints), ships inside its pip wheel.
 A model folder is recognised by its config file: ``config.json`` (transformers, IDU's own formats), or
 the file its kind uses instead (:data:`CONFIG_FILES`: TripoSR's ``config.yaml``, TRELLIS's
 ``pipeline.json``).
@@ -36,7 +37,7 @@ class ModelNotAvailable(IDUError):
 @dataclass(frozen=True)
 class ModelSpec:
     hub_id: str
-    kind: str  # dinov2 | clip | triposr | trellis | triplane (IDU's own image-to-3D format) | vitpose
+    kind: str  # dinov2 | clip | triposr | trellis | triplane (IDU's image-to-3D format) | vitpose | mediapipe
     licence: str
 
 
@@ -52,6 +53,10 @@ MODELS: dict[str, ModelSpec] = {
     "trellis-image-large": ModelSpec("microsoft/TRELLIS-image-large", "trellis", "MIT"),
     # 2D keypoints of people (generation/human/keypoints.py)
     "vitpose-base": ModelSpec("usyd-community/vitpose-base-simple", "vitpose", "Apache-2.0"),
+    # ...the default: BlazePose GHUM (full), whose weights the mediapipe wheel ships (no hub)
+    "mediapipe-pose": ModelSpec(
+        "pip:mediapipe==0.10.21 (pose_landmark_full.tflite)", "mediapipe", "Apache-2.0"
+    ),
 }
 
 #: kind -> the file that marks a model folder of that kind (every other kind: ``config.json``).

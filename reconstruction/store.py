@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pycolmap
 
 from .cameras import ImageEntry, read_colmap_model
@@ -172,6 +173,11 @@ class SceneVersion:
 
     def load_model(self) -> pycolmap.Reconstruction:
         return read_colmap_model(self.sparse_path)
+
+    def load_points(self) -> np.ndarray:
+        """The model's 3D points [N, 3] (float64): what the ground under a new object is measured on."""
+        rec = self.load_model()
+        return np.array([p.xyz for p in rec.points3D.values()], np.float64).reshape(-1, 3)
 
     def images(self) -> list[StoredImage]:
         src = self.path / "images.json"

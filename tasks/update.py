@@ -150,10 +150,11 @@ def make_asset(
         config.multiview = MultiViewConfig(steps=steps, seed=seed)
     backend = "person" if config.routes_to_person(candidate) else config.backend
     out = work_folder(scene, batch["hash"]) / f"v{version}" / "assets" / f"{backend}-seed{seed}"
-    splats = scene_of(scene).version(version).load_splats()
+    stored = scene_of(scene).version(version)
     doc = asset_for_candidate(
-        detection["folder"], candidate, registration, batch["photos"], out, splats, config
-    )
+        detection["folder"], candidate, registration, batch["photos"], out, stored.load_splats(), config,
+        stored.load_points() if backend == "person" else None,
+    )  # fmt: skip
     m = doc["metrics"]
     get_run_logger().info(
         "%s: %s asset, %d Gaussians, silhouette IoU %.3f, PSNR in the masks %.2f dB",

@@ -16,8 +16,10 @@ Steps:
 2. **Limbs.** For the ``keep`` best, the legs take the best of :data:`STANCES` and each arm the best of
    :data:`ARM_POSES` by IoU (a silhouette cannot lift an arm that starts inside the torso).
 3. **Fit.** They are fitted in full: silhouette loss (soft IoU + BCE of the visible coverage against the
-   mask), ground contact (the soles on the scene's ground under the person, when the splats show one: the
-   top of the opaque Gaussians' heights under its footprint, not the Gaussians buried under the surface),
+   mask), ground contact (the soles on the scene's ground under the person: the lowest layer of the
+   scene's triangulated 3D points under its footprint when there are enough, else the top of the opaque
+   Gaussians' heights there, not the Gaussians buried under the surface), 2D keypoints when a keypoint
+   model gave them (robust reprojection error),
    a pose prior (axis-angles near the standing pose) and a phenotype prior (near the average body). With
    one photo the priors' weight doubles and the ground contact is firm: the feet's ray meeting the ground
    fixes the distance the silhouette leaves loose.
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from generation.multiview import Window, _box_frame
-from generation.placement import PlacementConfig, _frame, _ground, _iou
+from generation.placement import PlacementConfig, _frame, _ground, _iou, ground_from_points
 from reconstruction.render import render
 from reconstruction.splats import Splats
 
@@ -291,7 +293,9 @@ class _Fitter:
             uv = (pc @ K.T)[:, :2] / pc[:, 2:3].clamp_min(1e-3)
             d2 = ((uv - target[:, :2]) ** 2).sum(1) / unit**2
             s2 = self.config.keypoint_scale**2
-            total = total + (target[:, 2] * d2 / (d2 + s2)).sum() / target[:, 2].sum().clamp_min(1e-6)
+            # weighted by confidence, not normalised by it: a photo whose keypoints are all doubtful
+            # (a small or half-hidden person) pulls little
+            total = total + (target[:, 2] * d2 / (d2 + s2)).mean()
             n += 1
         return self.config.keypoint_weight * total / n if n else 0.0
 
@@ -408,11 +412,15 @@ def fit_person(
     config: PersonFitConfig | None = None,
     body: Body | None = None,
     keypoints: dict[str, np.ndarray] | None = None,
+    points: np.ndarray | None = None,
 ) -> PersonFit:
     """Fit the body to the person's masks in ``windows`` (``generation.multiview.prepare_windows`` around
     the candidate's ``box``); ``up`` is the scene's up direction, ``scene`` its splats (the ground).
     ``keypoints``: photo name -> COCO keypoints [17, 3] (x, y in the photo's pixels, confidence), from a
-    keypoint model (``generation.human.keypoints``); they join the loss and rank the hypotheses."""
+    keypoint model (``generation.human.keypoints``); they join the loss and rank the hypotheses.
+    ``points``: the scene's 3D points [N, 3] (``SceneVersion.load_points``): the ground under the person is
+    measured on them where there are enough (:func:`generation.placement.ground_from_points`), else on the
+    splats."""
     config = config or PersonFitConfig()
     if not windows:
         raise ValueError("fit_person: no photo shows the person (every mask is empty)")
@@ -422,12 +430,15 @@ def fit_person(
     centre, size, box_R = _box_frame(box)
     height = float(size @ np.abs(box_R.T @ frame[:, 2]))
     bottom = float(centre @ frame[:, 2]) - height / 2
-    ground = None
+    ground, ground_from = None, None
+    radius, below = 0.5 * float(np.linalg.norm(size[:2])), -height / 2 + 0.3
+    found = {"points": ground_from_points(points, centre, radius, frame, below)}
     if scene is not None:
-        radius = 0.5 * float(np.linalg.norm(size[:2]))
-        g = _ground(scene.to_numpy(), centre, radius, frame, -height / 2 + 0.3, PlacementConfig())
+        found["splats"] = _ground(scene.to_numpy(), centre, radius, frame, below, PlacementConfig())
+    for source, g in found.items():  # the points first
         if g is not None and abs(g - (-height / 2)) < 0.3:
-            ground = float(centre @ frame[:, 2]) + g
+            ground, ground_from = float(centre @ frame[:, 2]) + g, source
+            break
     foot_h = ground if ground is not None else bottom
     feet = centre + (foot_h - float(centre @ frame[:, 2])) * frame[:, 2]
     fitter = _Fitter(body, windows, frame, ground, config, keypoints)
@@ -463,7 +474,7 @@ def fit_person(
         posed = fitter.posed(best)
         kept = [fitter.posed(p).keypoints.numpy().copy() for _, p, _ in fitted]
     extra = {"phenotype": best.phenotype_values(), "box_height": round(height, 3),
-             "keypoint_names": body.keypoint_names}  # fmt: skip
+             "keypoint_names": body.keypoint_names, "ground_from": ground_from}  # fmt: skip
     offsets = None
     if config.clothing_steps > 0:
         offsets, clothed = fitter.clothing(best)

@@ -278,6 +278,28 @@ def test_the_ground_is_the_top_of_the_layer_not_the_gaussians_buried_under_it():
     assert _ground(scene, centre + np.array([10.0, 0, 0]), 0.5, R, -0.6, PlacementConfig()) is None
 
 
+def test_the_ground_from_the_scene_points_is_their_lowest_layer_under_the_footprint():
+    """Triangulated points on a floor at 0.3 (a centimetre of noise) and on a planter standing in the
+    footprint, up to 1.1: the median of the lowest layer is the floor within a centimetre, where the median
+    of all the points under the footprint's top rises into the planter; sparse points under a small
+    footprint reach out to twice its radius; too few anywhere: no ground."""
+    from generation.placement import ground_from_points
+
+    rng = np.random.default_rng(1)
+    floor = np.concatenate([rng.uniform(-3, 3, (600, 2)), 0.3 + rng.normal(0, 0.01, (600, 1))], 1)
+    planter = np.stack([rng.uniform(0.4, 0.8, 60), rng.uniform(-0.3, 0.3, 60), rng.uniform(0.3, 1.1, 60)], 1)
+    points = np.concatenate([floor, planter])
+    R, centre = np.eye(3), np.array([0.2, -0.1, 1.2])  # a box 1.8 high standing on the floor
+    ground = ground_from_points(points, centre, 0.6, R, -0.6)
+    assert abs(ground - (-0.9)) < 0.01, ground
+    under = (np.hypot(*(points[:, :2] - centre[:2]).T) < 0.6) & (points[:, 2] - centre[2] < -0.6)
+    assert np.median(points[under, 2]) - centre[2] > -0.9 + 0.03  # what a plain median finds
+    few = floor[np.hypot(*(floor[:, :2] - centre[:2]).T) > 0.15]
+    assert abs(ground_from_points(few, centre, 0.25, R, -0.6, min_points=5) - (-0.9)) < 0.01
+    assert ground_from_points(floor[:4], centre, 0.6, R, -0.6) is None
+    assert ground_from_points(np.zeros((0, 3)), centre, 0.6, R, -0.6) is None
+
+
 def test_the_hypotheses_kept_for_the_reviewer_are_different_readings():
     from generation.human.body import BodyParams
     from generation.human.fit import _distinct

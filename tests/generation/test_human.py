@@ -59,6 +59,9 @@ def test_a_person_labelled_person_gets_the_body_fitted_to_its_silhouettes(person
     cand = {"id": "c1", "kind": "added", "box": change["box"], "label": "person"}
     asset, placement, report, windows = build_asset(splats, cand, views, np.zeros((0, 3)), AssetConfig())
     assert report["backend"] == "person" and report["body_model"] == "anny"
+    # the default keypoint model (MediaPipe, its weights shipped with its wheel) read every photo
+    assert set(report["keypoints_2d"]) == {v.name for v in views}, report["keypoints_2d"]
+    assert min(report["keypoints_2d"].values()) >= 10, report["keypoints_2d"]  # confident ones of 17
     kp = np.asarray(report["keypoints"]["xyz"])
     err = joint_errors(kp, truth)
     assert err["mpjpe_mm"] < 60 and err["pa_mpjpe_mm"] < 45, err  # measured 33 / 20 mm (dressed: 36 / 26)
@@ -151,6 +154,32 @@ def test_a_keypoint_model_loads_from_a_folder_and_answers_in_photo_pixels(person
     assert np.all(np.abs(kps[:, 0] - 0.5 * (xs.min() + xs.max())) < 0.7 * h)
     with pytest.raises(ModelNotAvailable, match="vitpose-base"):
         resolve("vitpose-base")
+
+
+def test_mediapipe_reads_the_keypoints_in_upright_and_turned_photos(person_inputs, bench_world):
+    """BlazePose, whose weights the mediapipe wheel ships (the default keypoint model), on the fixture's
+    person (51-129 pixels tall): within a few pixels of its true keypoints, in the photos as taken and in
+    the photos turned by 90 degrees (its crops turned by the scene's up in each photo)."""
+    from bench.bench_people import oracle_keypoints
+    from generation.human.keypoints import detect_keypoints, image_up, load_keypoint_model
+    from reconstruction.models import MODELS
+
+    assert MODELS["mediapipe-pose"].licence == "Apache-2.0" and MODELS["mediapipe-pose"].kind == "mediapipe"
+    _, change, views, _ = person_inputs
+    gt = json.loads((bench_world[0] / "gt.json").read_text())
+    model = load_keypoint_model("mediapipe-pose")
+    centre, up = np.asarray(change["box"]["center"]), np.array([0.0, 0.0, 1.0])
+    for turned in (False, True):
+        photos = [_rotated(v) for v in views] if turned else views
+        truth = oracle_keypoints(gt, photos)
+        errors = []
+        for v in photos:
+            d = image_up(v.camera, v.pose, centre, up)
+            assert abs(d[0 if turned else 1]) > 0.9  # the scene's up: along x in the turned photos
+            kp = detect_keypoints(model, v.rgb, v.mask, d)
+            assert kp.shape == (17, 3) and np.all((kp[:, 2] >= 0) & (kp[:, 2] <= 1))
+            errors.append(float(np.linalg.norm(kp[:, :2] - truth[v.name][:, :2], axis=1).mean()))
+        assert np.median(errors) < 4 and max(errors) < 8, (turned, errors)
 
 
 def test_keypoints_pin_the_joints_the_silhouettes_leave_loose(person_inputs, bench_world):

@@ -63,6 +63,10 @@ def test_import_creates_a_complete_version(store_with_scene, sample_dataset):
         assert hashlib.sha256((sample_dataset / "images" / i.entry.name).read_bytes()).hexdigest() == i.sha256
     info = v.info()
     assert info["num_gaussians"] == len(v.load_splats()) and len(info["images"]) == 4
+    # the model's 3D points, as the person branch measures the ground on them
+    rec, points = v.load_model(), v.load_points()
+    assert points.shape == (rec.num_points3D(), 3) and points.dtype == np.float64
+    assert np.allclose(np.sort(points[:, 0]), np.sort([p.xyz[0] for p in rec.points3D.values()]))
     assert not (scene.root / ".staging").exists() or not any((scene.root / ".staging").iterdir())
 
 
