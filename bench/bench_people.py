@@ -15,6 +15,9 @@ weights the mediapipe wheel ships, when it is installed; generation/human/keypoi
 ``--oracle-keypoints`` gives it the true keypoints projected into each photo instead: the figures a perfect
 2D keypoint model would allow.
 
+With a keypoint model, the report also gives its keypoints' mean error in pixels per photo against the
+true ones projected (``keypoint_error_px``).
+
 Reported per run: MPJPE of the 17 COCO keypoints (mm, scene frame: the placement's error included), of
 all 23 (with the feet), root-relative MPJPE (the hips' midpoints moved together: Human3.6M's protocol #1,
 what monocular methods report), PA-MPJPE (after the best similarity transform), silhouette IoU per photo
@@ -92,6 +95,17 @@ def oracle_keypoints(gt: dict[str, Any], views) -> dict[str, np.ndarray]:
     return out
 
 
+def keypoint_errors(found: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per photo: the detected keypoints' mean distance (pixels) from the true ones projected, over those
+    with confidence above 0.5, and how many they are."""
+    out = {}
+    for name, k in found.items():
+        sure = k[:, 2] > 0.5
+        e = np.linalg.norm(k[sure, :2] - truth[name][sure, :2], axis=1)
+        out[name] = {"mean_px": round(float(e.mean()), 2) if len(e) else None, "confident": int(sure.sum())}
+    return out
+
+
 def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitConfig | None = None,
                     single: bool = True, keypoints: Keypoints = "auto") -> dict[str, Any]:  # fmt: skip
     """The report of :func:`run` on a given before-scene (``single``: also each photo alone;
@@ -119,6 +133,8 @@ def people_on_scene(scene, world: Path, gt: dict[str, Any], config: PersonFitCon
         fit = fit_person(windows, change["box"], up, splats, config, keypoints=kps, points=points)
         asset, _, rep = person_asset(fit, windows)
         secs = time.perf_counter() - t0
+        if label == "all" and kps is not None and keypoints is not True:
+            report["keypoint_error_px"] = keypoint_errors(kps, oracle_keypoints(gt, sub))
         kept = [joint_errors(k, truth) for k in fit.kept_keypoints]
         report["runs"][label] = {
             "photos": len(sub),

@@ -138,7 +138,8 @@ class MediaPipePose:
                 d[ok] = far[xy[ok, 1], xy[ok, 0]]
                 if float((d <= tol).mean()) >= self.inside:
                     readings.append(r)
-        if not readings or ys.max() + 1 - ys.min() < self.min_height:
+        along = xs * ux + ys * uy  # the person's height in the photo: its extent along the scene's up
+        if not readings or along.max() + 1 - along.min() < self.min_height:
             return np.zeros((len(COCO17), 3))  # no reading to trust: confidence 0 throughout
         stack = np.stack(readings)
         out = np.median(stack, 0)
