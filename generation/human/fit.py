@@ -432,10 +432,13 @@ def fit_person(
     bottom = float(centre @ frame[:, 2]) - height / 2
     ground, ground_from = None, None
     radius, below = 0.5 * float(np.linalg.norm(size[:2])), -height / 2 + 0.3
-    found = {"points": ground_from_points(points, centre, radius, frame, below)}
-    if scene is not None:
-        found["splats"] = _ground(scene.to_numpy(), centre, radius, frame, below, PlacementConfig())
-    for source, g in found.items():  # the points first
+    estimates = {  # the points first; the splats' only where the points give no ground
+        "points": lambda: ground_from_points(points, centre, radius, frame, below),
+        "splats": lambda: None if scene is None else _ground(scene.to_numpy(), centre, radius, frame, below,
+                                                              PlacementConfig()),
+    }  # fmt: skip
+    for source, estimate in estimates.items():
+        g = estimate()
         if g is not None and abs(g - (-height / 2)) < 0.3:
             ground, ground_from = float(centre @ frame[:, 2]) + g, source
             break

@@ -106,6 +106,9 @@ class MediaPipePose:
         size = float(max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()))
         # the turn that brings the scene's up onto the crop's up (-y)
         ux, uy = (0.0, -1.0) if up is None else up
+        along = xs * ux + ys * uy  # the person's height in the photo: its extent along the scene's up
+        if along.max() + 1 - along.min() < self.min_height:
+            return np.zeros((len(COCO17), 3))  # too small to trust: confidence 0 throughout
         angle = math.atan2(ux, -uy)
         c, s = math.cos(angle), math.sin(angle)
         R = np.array([[c, s], [-s, c]])
@@ -138,9 +141,8 @@ class MediaPipePose:
                 d[ok] = far[xy[ok, 1], xy[ok, 0]]
                 if float((d <= tol).mean()) >= self.inside:
                     readings.append(r)
-        along = xs * ux + ys * uy  # the person's height in the photo: its extent along the scene's up
-        if not readings or along.max() + 1 - along.min() < self.min_height:
-            return np.zeros((len(COCO17), 3))  # no reading to trust: confidence 0 throughout
+        if not readings:
+            return np.zeros((len(COCO17), 3))  # no reading agrees with the mask: confidence 0 throughout
         stack = np.stack(readings)
         out = np.median(stack, 0)
         spread = np.median(np.linalg.norm(stack[:, :, :2] - out[None, :, :2], axis=2), 0)
